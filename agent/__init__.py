@@ -1,0 +1,3 @@
+"""nicwarden node agent."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,146 @@
+"""The gRPC ``nicwarden.v1.Agent`` service: a thin translation between protobuf
+messages and the agent's objects. Errors from the agent's vocabulary become
+gRPC statuses through the one table in agent/errors.py."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import platform
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from nicwarden.agent import __version__
+from nicwarden.agent.errors import NicwardenError, NotFound, mapping_for
+from nicwarden.agent.health import pf_health, vf_health
+from nicwarden.agent.model import PF, VF, Inventory
+from nicwarden.agent.runtime import AgentRuntime
+from nicwarden.proto.nicwarden.v1 import agent_pb2 as pb
+from nicwarden.proto.nicwarden.v1 import agent_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+ERROR_KIND_KEY = "nicwarden-error-kind"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def rpc(fn: F) -> F:
+    """Turn agent errors into gRPC statuses; count every call."""
+
+    @functools.wraps(fn)
+    def wrapper(self: AgentService, request: Any, context: grpc.ServicerContext) -> Any:
+        method = fn.__name__
+        try:
+            result = fn(self, request, context)
+        except NicwardenError as e:
+            self.runtime.metrics.rpc(method, e.kind)
+            context.set_trailing_metadata(((ERROR_KIND_KEY, e.kind),))
+            context.abort(mapping_for(e).grpc_code, str(e))
+        except Exception as e:
+            log.exception("rpc %s failed", method)
+            self.runtime.metrics.rpc(method, "internal")
+            context.set_trailing_metadata(((ERROR_KIND_KEY, "internal"),))
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error: {e}")
+        self.runtime.metrics.rpc(method, "ok")
+        return result
+
+    return wrapper  # type: ignore[return-value]
+
+
+class AgentService(pb_grpc.AgentServicer):  # type: ignore[misc]
+    def __init__(self, runtime: AgentRuntime) -> None:
+        self.runtime = runtime
+
+    @rpc
+    def GetVersion(self, request: pb.GetVersionRequest, context: Any) -> pb.VersionInfo:
+        return pb.VersionInfo(
+            version=__version__,
+            api_version="v1",
+            python=platform.python_version(),
+            kernel=os.uname().release,
+            simulated=self.runtime.simulated,
+            node_name=self.runtime.node_name,
+            started_at=self.runtime.started_at,
+        )
+
+    @rpc
+    def Health(self, request: pb.HealthRequest, context: Any) -> pb.HealthResponse:
+        comps = [pb.ComponentHealth(name=n, ok=ok, detail=d) for n, ok, d in self.runtime.health()]
+        return pb.HealthResponse(ok=all(c.ok for c in comps), components=comps)
+
+    @rpc
+    def ListDevices(self, request: pb.ListDevicesRequest, context: Any) -> pb.ListDevicesResponse:
+        inv = self.runtime.inventory.snapshot()
+        pf_filter = None
+        if request.pf:
+            found = inv.find(request.pf)
+            if not isinstance(found, PF):
+                raise NotFound(f"no SR-IOV PF {request.pf!r} on this node")
+            pf_filter = found.address
+        out = []
+        for pf in inv.pfs:
+            if pf_filter and pf.address != pf_filter:
+                continue
+            if request.role in (pb.DEVICE_ROLE_UNSPECIFIED, pb.DEVICE_ROLE_PF):
+                out.append(self._device(pf, inv))
+            if request.role in (pb.DEVICE_ROLE_UNSPECIFIED, pb.DEVICE_ROLE_VF):
+                out.extend(self._device(vf, inv) for vf in pf.vfs)
+        out = [d for d in out if _matches(d, request)]
+        return pb.ListDevicesResponse(devices=out, generation=inv.generation)
+
+    @rpc
+    def GetDevice(self, request: pb.GetDeviceRequest, context: Any) -> pb.Device:
+        inv = self.runtime.inventory.snapshot()
+        found = inv.find(request.id) if request.id else None
+        if found is None:
+            raise NotFound(f"no PF or VF {request.id!r} on this node")
+        return self._device(found, inv)
+
+    def _device(self, dev: PF | VF, inv: Inventory) -> pb.Device:
+        fn = dev.fn
+        msg = pb.Device(
+            pci_address=fn.address,
+            vendor=fn.vendor,
+            device=fn.device,
+            driver=fn.driver or "",
+            numa_node=fn.numa_node,
+            iommu_group=-1 if fn.iommu_group is None else fn.iommu_group,
+        )
+        if fn.netdev is not None:
+            nd = fn.netdev
+            msg.netdev.CopyFrom(
+                pb.Netdev(
+                    name=nd.name,
+                    mac=nd.mac,
+                    mtu=nd.mtu,
+                    operstate=nd.operstate,
+                    carrier=nd.carrier,
+                    link_type=nd.link_type,
+                    ifindex=nd.ifindex,
+                )
+            )
+        if isinstance(dev, PF):
+            msg.role = pb.DEVICE_ROLE_PF
+            msg.total_vfs, msg.num_vfs = dev.total_vfs, dev.num_vfs
+            msg.vfs.extend(vf.address for vf in dev.vfs)
+            ok, why = pf_health(dev)
+        else:
+            msg.role = pb.DEVICE_ROLE_VF
+            msg.pf_address, msg.pf_name, msg.vf_index = dev.pf_address, dev.pf_name or "", dev.index
+            pf = next((p for p in inv.pfs if p.address == dev.pf_address), None)
+            ok, why = vf_health(dev, pf, self.runtime.paths.vfio)
+        msg.healthy, msg.health_detail = ok, why
+        return msg
+
+
+def _matches(d: pb.Device, req: pb.ListDevicesRequest) -> bool:
+    if req.driver and d.driver != req.driver:
+        return False
+    if req.vendor and d.vendor != req.vendor.lower().removeprefix("0x"):
+        return False
+    if req.device and d.device != req.device.lower().removeprefix("0x"):
+        return False
+    return not (req.HasField("numa_node") and d.numa_node != req.numa_node)

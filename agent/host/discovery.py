@@ -1,0 +1,119 @@
+"""Builds an Inventory snapshot from a sysfs tree (real or simulated).
+
+A PF is a network-class PCI function with ``sriov_totalvfs``; its VFs are its
+``virtfnN`` links. Netdev details are read through the device's ``net/``
+directory, which (as in the real kernel, whose sysfs is netns-tagged) lists
+only netdevs in the host netns: a VF moved into a pod shows no netdev here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from nicwarden.agent.host.paths import HostPaths
+from nicwarden.agent.host.sysfs import link_name, read_attr, read_int
+from nicwarden.agent.model import PF, VF, Inventory, NetdevState, PciFunction
+
+NET_CLASS_PREFIX = "0x02"  # PCI base class 0x02: network controller
+ARPHRD = {1: "ether", 32: "infiniband"}
+_VIRTFN = re.compile(r"^virtfn(\d+)$")
+
+
+def _hex_id(path: Path) -> str:
+    text = read_attr(path) or ""
+    return text.lower().removeprefix("0x")
+
+
+def read_netdev(dev_dir: Path) -> NetdevState | None:
+    net = dev_dir / "net"
+    try:
+        names = sorted(os.listdir(net))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    for name in names:
+        nd = net / name
+        # A dangling entry is a netdev that left the host netns.
+        if not nd.exists():
+            continue
+        return NetdevState(
+            name=name,
+            mac=read_attr(nd / "address") or "",
+            mtu=read_int(nd / "mtu", 0) or 0,
+            operstate=read_attr(nd / "operstate") or "unknown",
+            carrier=read_int(nd / "carrier", 0) == 1,
+            link_type=ARPHRD.get(read_int(nd / "type", 1) or 1, "other"),
+            ifindex=read_int(nd / "ifindex", 0) or 0,
+        )
+    return None
+
+
+def _numa(dev_dir: Path) -> int:
+    numa = read_int(dev_dir / "numa_node")
+    return -1 if numa is None else numa
+
+
+def read_function(paths: HostPaths, address: str) -> PciFunction:
+    d = paths.pci_devices / address
+    group = link_name(d / "iommu_group")
+    return PciFunction(
+        address=address,
+        vendor=_hex_id(d / "vendor"),
+        device=_hex_id(d / "device"),
+        driver=link_name(d / "driver"),
+        numa_node=_numa(d),
+        iommu_group=int(group) if group is not None and group.isdigit() else None,
+        netdev=read_netdev(d),
+    )
+
+
+def _virtfns(pf_dir: Path) -> list[tuple[int, str]]:
+    out = []
+    try:
+        entries = os.listdir(pf_dir)
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        m = _VIRTFN.match(entry)
+        if m:
+            target = link_name(pf_dir / entry)
+            if target:
+                out.append((int(m.group(1)), target))
+    return sorted(out)
+
+
+def is_sriov_pf(paths: HostPaths, address: str) -> bool:
+    d = paths.pci_devices / address
+    cls = read_attr(d / "class") or ""
+    return cls.startswith(NET_CLASS_PREFIX) and (read_int(d / "sriov_totalvfs", 0) or 0) > 0
+
+
+def scan(paths: HostPaths, generation: int = 0) -> Inventory:
+    """Read every SR-IOV PF and its VFs. Functions that vanish mid-scan
+    (a numvfs change racing us) are skipped, not errors."""
+    try:
+        addresses = sorted(os.listdir(paths.pci_devices))
+    except FileNotFoundError:
+        return Inventory((), generation)
+    pfs = []
+    for address in addresses:
+        if not is_sriov_pf(paths, address):
+            continue
+        pf_dir = paths.pci_devices / address
+        pf_fn = read_function(paths, address)
+        pf_name = pf_fn.netdev.name if pf_fn.netdev else None
+        vfs = []
+        for index, vf_addr in _virtfns(pf_dir):
+            if not (paths.pci_devices / vf_addr).exists():
+                continue
+            vfs.append(VF(read_function(paths, vf_addr), address, pf_name, index))
+        pfs.append(
+            PF(
+                fn=pf_fn,
+                total_vfs=read_int(pf_dir / "sriov_totalvfs", 0) or 0,
+                num_vfs=read_int(pf_dir / "sriov_numvfs", 0) or 0,
+                vfs=tuple(vfs),
+            )
+        )
+    return Inventory(tuple(pfs), generation)

@@ -1,0 +1,164 @@
+"""Live host events: kernel uevents through pyudev (no udevd needed:
+``source='kernel'``) and rtnetlink link messages (link up/down emits no
+uevent, yet health depends on it)."""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyudev
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HostEvent:
+    source: str  # "udev", "rtnl", "sim"
+    action: str  # "add", "remove", "change", "move", "bind", "unbind", "newlink", "dellink"
+    subsystem: str  # "net", "pci"
+    name: str  # netdev name or PCI address
+    index: int = 0
+    alias: str = ""
+
+
+EventCallback = Callable[[HostEvent], None]
+
+
+class _Loop:
+    """A daemon thread reading one fd until stopped, woken by a pipe."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _start(self, target: Callable[[], None]) -> None:
+        self._thread = threading.Thread(target=target, name=self._name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+
+
+class UdevMonitor(_Loop):
+    SUBSYSTEMS = ("net", "pci")
+
+    def __init__(self, callback: EventCallback) -> None:
+        super().__init__("udev-monitor")
+        self._callback = callback
+        ctx = pyudev.Context()
+        self._monitor = pyudev.Monitor.from_netlink(ctx, source="kernel")
+        for sub in self.SUBSYSTEMS:
+            self._monitor.filter_by(sub)
+        self._monitor.start()
+
+    def start(self) -> UdevMonitor:
+        self._start(self._run)
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self._monitor.fileno()], [], [], 0.2)
+            if not ready:
+                continue
+            while True:
+                dev = self._monitor.poll(timeout=0)
+                if dev is None:
+                    break
+                ev = HostEvent("udev", dev.action or "", dev.subsystem or "", dev.sys_name or "")
+                _safe(self._callback, ev)
+
+
+class LinkMonitor(_Loop):
+    """rtnetlink RTM_NEWLINK/RTM_DELLINK in the host netns.
+
+    A plain AF_NETLINK socket rather than pyroute2: pyroute2 0.9 buffers
+    messages in an asyncio queue, so select() on its fd misses queued events.
+    """
+
+    RTMGRP_LINK = 1
+    RTM_NEWLINK, RTM_DELLINK = 16, 17
+    IFLA_IFNAME, IFLA_IFALIAS = 3, 20
+
+    def __init__(self, callback: EventCallback) -> None:
+        super().__init__("rtnl-monitor")
+        self._callback = callback
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self._sock.bind((0, self.RTMGRP_LINK))
+
+    def start(self) -> LinkMonitor:
+        self._start(self._run)
+        return self
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                ready, _, _ = select.select([self._sock], [], [], 0.2)
+                if not ready:
+                    continue
+                try:
+                    data = self._sock.recv(1 << 16)
+                except OSError as e:
+                    # ENOBUFS: we fell behind; subscribers rescan on any event.
+                    log.warning("rtnetlink monitor: %s", e)
+                    _safe(self._callback, HostEvent("rtnl", "overrun", "net", ""))
+                    continue
+                for ev in self.parse(data):
+                    _safe(self._callback, ev)
+        finally:
+            self._sock.close()
+
+    @classmethod
+    def parse(cls, data: bytes) -> list[HostEvent]:
+        out = []
+        off = 0
+        while off + 16 <= len(data):
+            length, mtype = struct.unpack_from("=IH", data, off)
+            if length < 16 or off + length > len(data):
+                break
+            if mtype in (cls.RTM_NEWLINK, cls.RTM_DELLINK) and length >= 32:
+                (index,) = struct.unpack_from("=i", data, off + 20)
+                attrs = _rtattrs(data, off + 32, off + length)
+                out.append(
+                    HostEvent(
+                        "rtnl",
+                        "newlink" if mtype == cls.RTM_NEWLINK else "dellink",
+                        "net",
+                        _cstr(attrs.get(cls.IFLA_IFNAME, b"")),
+                        index,
+                        _cstr(attrs.get(cls.IFLA_IFALIAS, b"")),
+                    )
+                )
+            off += (length + 3) & ~3
+        return out
+
+
+def _rtattrs(data: bytes, off: int, end: int) -> dict[int, bytes]:
+    attrs: dict[int, bytes] = {}
+    while off + 4 <= end:
+        alen, atype = struct.unpack_from("=HH", data, off)
+        if alen < 4:
+            break
+        attrs[atype & 0x3FFF] = data[off + 4 : off + alen]
+        off += (alen + 3) & ~3
+    return attrs
+
+
+def _cstr(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
+
+
+def _safe(callback: EventCallback, ev: HostEvent) -> None:
+    try:
+        callback(ev)
+    except Exception:  # a bad subscriber must not kill the event thread
+        log.exception("event callback failed for %s", ev)

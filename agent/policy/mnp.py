@@ -1,0 +1,357 @@
+"""The ``k8s.cni.cncf.io/v1beta1`` MultiNetworkPolicy model and its parser.
+
+A CRD gets no defaulting or validation webhook, so everything the API server
+would do for a built-in NetworkPolicy happens here: ``policyTypes`` defaulting
+(``defaults.go``) and the ``ValidateNetworkPolicySpec`` checks (ipBlock CIDRs,
+except ⊂ cidr, endPort rules, protocols). Invalid policies are kept, with their
+errors and whatever podSelector could be parsed, so the compiler can fail
+closed for the pods they select.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from typing import Any, TypeGuard
+
+from ._fields import (
+    Issues,
+    as_list,
+    as_mapping,
+    check_keys,
+    metadata,
+    network_key,
+    string_map,
+    type_name,
+)
+from .selectors import LabelSelector, parse_selector
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+POLICY_FOR = "k8s.v1.cni.cncf.io/policy-for"
+API_VERSIONS = frozenset({"k8s.cni.cncf.io/v1beta1", "k8s.cni.cncf.io/v1beta2"})
+
+# IANA_SVC_NAME (apimachinery IsValidPortName): ≤15 chars, lowercase letters,
+# digits and single inner hyphens, at least one letter.
+_PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9]|-(?=[a-z0-9]))*$")
+
+
+class Direction(StrEnum):
+    INGRESS = "Ingress"
+    EGRESS = "Egress"
+
+
+class Protocol(IntEnum):
+    """The API's protocols, valued as IP protocol numbers (the datapath's key)."""
+
+    TCP = 6
+    UDP = 17
+    SCTP = 132
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    protocol: Protocol
+    port: int | str | None  # None = every port of the protocol; str = named port
+    end_port: int | None = None
+
+
+@dataclass(frozen=True)
+class IPBlock:
+    cidr: IPNetwork
+    # Validated: same family as cidr and strictly inside it.
+    excepts: tuple[IPNetwork, ...] = ()
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One ``from``/``to`` entry: either selectors or an ipBlock, never both."""
+
+    pod_selector: LabelSelector | None = None
+    namespace_selector: LabelSelector | None = None
+    ip_block: IPBlock | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    peers: tuple[Peer, ...] = ()  # empty: from/to absent or [] = every peer
+    ports: tuple[PortSpec, ...] = ()  # empty: ports absent or [] = every port/protocol
+
+
+@dataclass(frozen=True)
+class MultiNetworkPolicy:
+    namespace: str
+    name: str
+    # ``ns/nad`` keys from policy-for. Empty when the annotation is missing:
+    # such a policy applies to no interface (as in the reference enforcers).
+    networks: frozenset[str]
+    # None when the podSelector could not be parsed; the compiler then treats
+    # the policy as selecting every pod of its namespace, to fail closed.
+    pod_selector: LabelSelector | None
+    policy_types: frozenset[Direction]
+    ingress: tuple[Rule, ...] = ()
+    egress: tuple[Rule, ...] = ()
+    errors: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors
+
+    def rules(self, direction: Direction) -> tuple[Rule, ...]:
+        return self.ingress if direction is Direction.INGRESS else self.egress
+
+
+_SPEC_KEYS = frozenset({"podSelector", "policyTypes", "ingress", "egress"})
+_PEER_KEYS = frozenset({"podSelector", "namespaceSelector", "ipBlock"})
+_IPBLOCK_KEYS = frozenset({"cidr", "except"})
+_PORT_KEYS = frozenset({"protocol", "port", "endPort"})
+
+
+def parse_policy(raw: Mapping[str, Any]) -> MultiNetworkPolicy:
+    """Parse one MultiNetworkPolicy; raises ``ValueError`` only when it has no name."""
+    namespace, name, meta = metadata(raw, "MultiNetworkPolicy")
+    issues = Issues(f"MultiNetworkPolicy {namespace}/{name}")
+    warnings: list[str] = []
+    api_version = raw.get("apiVersion")
+    if api_version is not None and api_version not in API_VERSIONS:
+        issues.add("apiVersion", f"{api_version!r} is not k8s.cni.cncf.io/v1beta1")
+    kind = raw.get("kind")
+    if kind is not None and kind != "MultiNetworkPolicy":
+        issues.add("kind", f"{kind!r} is not MultiNetworkPolicy")
+
+    annotations = string_map(meta.get("annotations"), issues, "metadata.annotations")
+    networks = _parse_policy_for(annotations.get(POLICY_FOR), namespace, issues)
+    if POLICY_FOR not in annotations:
+        warnings.append(
+            f"{issues.subject}: no {POLICY_FOR} annotation; the policy applies to no network"
+        )
+
+    spec = as_mapping(raw.get("spec"), issues, "spec")
+    if spec is None:
+        issues.add("spec", "required")
+        spec = {}
+    check_keys(spec, _SPEC_KEYS, issues, "spec")
+
+    if spec.get("podSelector") is None:
+        issues.add("spec.podSelector", "required (use {} to select every pod)")
+        pod_selector = None
+    else:
+        pod_selector = parse_selector(spec["podSelector"], issues, "spec.podSelector")
+
+    ingress_raw = as_list(spec.get("ingress"), issues, "spec.ingress") or []
+    egress_raw = as_list(spec.get("egress"), issues, "spec.egress") or []
+    policy_types = _parse_policy_types(spec.get("policyTypes"), bool(egress_raw), issues)
+    ingress = tuple(
+        _parse_rule(r, "from", issues, f"spec.ingress[{i}]") for i, r in enumerate(ingress_raw)
+    )
+    egress = tuple(
+        _parse_rule(r, "to", issues, f"spec.egress[{i}]") for i, r in enumerate(egress_raw)
+    )
+    return MultiNetworkPolicy(
+        namespace=namespace,
+        name=name,
+        networks=networks,
+        pod_selector=pod_selector,
+        policy_types=policy_types,
+        ingress=ingress,
+        egress=egress,
+        errors=tuple(issues.messages),
+        warnings=tuple(warnings),
+    )
+
+
+def _parse_policy_for(value: str | None, namespace: str, issues: Issues) -> frozenset[str]:
+    """``"nad[,ns/nad...]"``. Whitespace is ignored, as the iptables enforcer
+    strips it; bad items are reported and the good ones kept, so the policy
+    still fails closed on the networks it names correctly."""
+    if value is None:
+        return frozenset()
+    path = f"metadata.annotations[{POLICY_FOR}]"
+    items = [item for item in re.sub(r"\s+", "", value).split(",") if item]
+    if not items:
+        issues.add(path, "names no network")
+    keys: set[str] = set()
+    for item in items:
+        try:
+            keys.add(network_key(item, namespace))
+        except ValueError as exc:
+            issues.add(path, f"malformed network reference: {exc}")
+    return frozenset(keys)
+
+
+def _parse_policy_types(raw: object, has_egress: bool, issues: Issues) -> frozenset[Direction]:
+    both = frozenset(Direction)
+    types = as_list(raw, issues, "spec.policyTypes")
+    if types is None and raw is not None:
+        return both  # unreadable: assume both directions so we fail closed on both
+    if not types:
+        # The API server's defaulting: Ingress always, Egress only with rules.
+        return both if has_egress else frozenset({Direction.INGRESS})
+    out: set[Direction] = set()
+    for i, value in enumerate(types):
+        try:
+            out.add(Direction(value))
+        except ValueError:
+            issues.add(f"spec.policyTypes[{i}]", f"{value!r} is not Ingress or Egress")
+            return both
+    return frozenset(out)
+
+
+def _parse_rule(raw: object, peer_field: str, issues: Issues, path: str) -> Rule:
+    rule = as_mapping(raw, issues, path)
+    if rule is None:
+        if raw is None:
+            issues.add(path, "must be an object, got null")
+        return Rule()
+    check_keys(rule, frozenset({peer_field, "ports"}), issues, path)
+    peers_raw = as_list(rule.get(peer_field), issues, f"{path}.{peer_field}") or []
+    ports_raw = as_list(rule.get("ports"), issues, f"{path}.ports") or []
+    peers = [_parse_peer(p, issues, f"{path}.{peer_field}[{i}]") for i, p in enumerate(peers_raw)]
+    ports = [_parse_port(p, issues, f"{path}.ports[{i}]") for i, p in enumerate(ports_raw)]
+    # A dropped (invalid) entry must not turn a non-empty list into an empty
+    # one, which would mean "all"; the policy is invalid anyway and compiles
+    # to deny-all, so returning a Rule with the survivors is only informative.
+    return Rule(
+        tuple(p for p in peers if p is not None),
+        tuple(p for p in ports if p is not None),
+    )
+
+
+def _parse_peer(raw: object, issues: Issues, path: str) -> Peer | None:
+    peer = as_mapping(raw, issues, path)
+    if peer is None:
+        if raw is None:
+            issues.add(path, "must be an object, got null")
+        return None
+    check_keys(peer, _PEER_KEYS, issues, path)
+    present = {k for k in _PEER_KEYS if peer.get(k) is not None}
+    if not present:
+        issues.add(path, "must set podSelector, namespaceSelector or ipBlock")
+        return None
+    if "ipBlock" in present and len(present) > 1:
+        issues.add(path, "ipBlock cannot be combined with podSelector or namespaceSelector")
+        return None
+    if "ipBlock" in present:
+        block = _parse_ip_block(peer["ipBlock"], issues, f"{path}.ipBlock")
+        return Peer(ip_block=block) if block is not None else None
+    before = len(issues.messages)
+    pod_sel = parse_selector(peer.get("podSelector"), issues, f"{path}.podSelector")
+    ns_sel = parse_selector(peer.get("namespaceSelector"), issues, f"{path}.namespaceSelector")
+    if len(issues.messages) != before:
+        return None
+    return Peer(pod_selector=pod_sel, namespace_selector=ns_sel)
+
+
+def _parse_network(raw: object, issues: Issues, path: str) -> IPNetwork | None:
+    if not isinstance(raw, str):
+        issues.add(path, f"must be a CIDR string, got {type_name(raw)}")
+        return None
+    try:
+        return ipaddress.ip_network(raw, strict=True)
+    except ValueError as exc:
+        if "host bits set" in str(exc):
+            net = ipaddress.ip_network(raw, strict=False)
+            issues.add(path, f"{raw!r} has host bits set (did you mean {net}?)")
+        else:
+            issues.add(path, f"{raw!r} is not a valid CIDR")
+        return None
+
+
+def _parse_ip_block(raw: object, issues: Issues, path: str) -> IPBlock | None:
+    block = as_mapping(raw, issues, path)
+    if block is None:
+        return None
+    check_keys(block, _IPBLOCK_KEYS, issues, path)
+    before = len(issues.messages)
+    if block.get("cidr") is None:
+        issues.add(f"{path}.cidr", "required")
+        return None
+    cidr = _parse_network(block["cidr"], issues, f"{path}.cidr")
+    excepts: list[IPNetwork] = []
+    for i, item in enumerate(as_list(block.get("except"), issues, f"{path}.except") or []):
+        where = f"{path}.except[{i}]"
+        net = _parse_network(item, issues, where)
+        if net is None or cidr is None:
+            continue
+        if net.version != cidr.version:
+            issues.add(where, f"{net} is IPv{net.version} but cidr {cidr} is IPv{cidr.version}")
+        elif not _strictly_inside(net, cidr):
+            issues.add(where, f"{net} is not strictly inside cidr {cidr}")
+        else:
+            excepts.append(net)
+    if cidr is None or len(issues.messages) != before:
+        return None
+    return IPBlock(cidr, tuple(excepts))
+
+
+def _parse_port(raw: object, issues: Issues, path: str) -> PortSpec | None:
+    spec = as_mapping(raw, issues, path)
+    if spec is None:
+        if raw is None:
+            issues.add(path, "must be an object, got null")
+        return None
+    check_keys(spec, _PORT_KEYS, issues, path)
+    before = len(issues.messages)
+    proto_raw = spec.get("protocol")
+    protocol = Protocol.TCP
+    if proto_raw is not None:
+        if isinstance(proto_raw, str) and proto_raw in Protocol.__members__:
+            protocol = Protocol[proto_raw]
+        else:
+            issues.add(
+                f"{path}.protocol", f"unknown protocol {proto_raw!r} (want TCP, UDP or SCTP)"
+            )
+    port = spec.get("port")
+    end_port = spec.get("endPort")
+    if port is not None:
+        _check_port_value(port, issues, f"{path}.port")
+    if end_port is not None:
+        _check_end_port(port, end_port, issues, path)
+    if len(issues.messages) != before:
+        return None
+    return PortSpec(protocol, port, end_port)
+
+
+def _strictly_inside(inner: IPNetwork, outer: IPNetwork) -> bool:
+    shift = outer.max_prefixlen - outer.prefixlen
+    return inner.prefixlen > outer.prefixlen and (
+        int(inner.network_address) >> shift == int(outer.network_address) >> shift
+    )
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    # bool is an int subclass; YAML `port: true` must not read as port 1.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_port_value(port: object, issues: Issues, path: str) -> None:
+    if _is_int(port):
+        if not 1 <= port <= 65535:
+            issues.add(path, f"{port} is not in 1..65535")
+    elif isinstance(port, str):
+        if not (len(port) <= 15 and _PORT_NAME.match(port) and re.search("[a-z]", port)):
+            issues.add(path, f"{port!r} is neither a number nor a valid port name (IANA_SVC_NAME)")
+    else:
+        issues.add(path, f"must be a number or a port name, got {type_name(port)}")
+
+
+def _check_end_port(port: object, end_port: object, issues: Issues, path: str) -> None:
+    where = f"{path}.endPort"
+    if not _is_int(end_port):
+        issues.add(where, f"must be a number, got {type_name(end_port)}")
+    elif port is None:
+        issues.add(where, "requires port")
+    elif isinstance(port, str):
+        issues.add(where, f"cannot be used with the named port {port!r}")
+    elif _is_int(port) and end_port < port:
+        issues.add(where, f"{end_port} is less than port {port}")
+    elif not 1 <= end_port <= 65535:
+        issues.add(where, f"{end_port} is not in 1..65535")

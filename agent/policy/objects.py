@@ -1,0 +1,331 @@
+"""Typed models of the Kubernetes objects the policy engine reads, parsed from
+plain dicts (YAML manifests or the API's JSON).
+
+Parsing collects every problem into the object's ``errors`` (each message names
+the object and the field) instead of raising; only an object without a name
+raises, because it cannot be tracked. The MultiNetworkPolicy model lives in
+``mnp.py`` and is re-exported here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._fields import Issues, as_list, as_mapping, metadata, network_key, string_map, type_name
+from .mnp import (
+    POLICY_FOR,
+    Direction,
+    IPBlock,
+    IPNetwork,
+    MultiNetworkPolicy,
+    Peer,
+    PortSpec,
+    Protocol,
+    Rule,
+    parse_policy,
+)
+
+__all__ = [
+    "NETWORK_STATUS",
+    "POLICY_FOR",
+    "ContainerPort",
+    "Direction",
+    "IPAddress",
+    "IPBlock",
+    "IPNetwork",
+    "MultiNetworkPolicy",
+    "Namespace",
+    "NetworkAttachmentDefinition",
+    "NetworkStatusEntry",
+    "Peer",
+    "Pod",
+    "PolicyObject",
+    "PortSpec",
+    "Protocol",
+    "Rule",
+    "parse_namespace",
+    "parse_nad",
+    "parse_object",
+    "parse_pod",
+    "kind_of",
+    "parse_policy",
+]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+NETWORK_STATUS = "k8s.v1.cni.cncf.io/network-status"
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+# Pods in these phases are gone for good; their IPs may already be reused.
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+
+
+@dataclass(frozen=True)
+class Namespace:
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    errors: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+
+def implicit_namespace_labels(name: str) -> dict[str, str]:
+    """The label the API server puts on every namespace (immutable since
+    Kubernetes 1.22); namespaceSelectors commonly use it, so namespaces from
+    manifests, or not seen at all, get it too."""
+    return {NAMESPACE_NAME_LABEL: name}
+
+
+@dataclass(frozen=True)
+class ContainerPort:
+    name: str  # "" when unnamed
+    port: int
+    protocol: Protocol
+
+
+@dataclass(frozen=True)
+class NetworkStatusEntry:
+    network: str  # normalised "ns/nad" key (Multus writes it that way already)
+    interface: str
+    ips: tuple[IPAddress, ...]
+    mac: str
+    default: bool = False
+
+
+@dataclass(frozen=True)
+class Pod:
+    namespace: str
+    name: str
+    uid: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    node_name: str = ""
+    phase: str = ""
+    host_network: bool = False
+    ports: tuple[ContainerPort, ...] = ()
+    networks: tuple[NetworkStatusEntry, ...] = ()
+    errors: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def is_peer_candidate(self) -> bool:
+        """Finished pods' IPs may belong to someone else now; hostNetwork pods
+        have no secondary interfaces of their own."""
+        return self.phase not in TERMINAL_PHASES and not self.host_network
+
+    def network_keys(self) -> frozenset[str]:
+        return frozenset(e.network for e in self.networks if not e.default)
+
+    def ips_on(self, network: str) -> tuple[IPAddress, ...]:
+        """This pod's IPs on one network (a pod may attach to it twice)."""
+        return tuple(
+            ip for e in self.networks if e.network == network and not e.default for ip in e.ips
+        )
+
+    def resolve_port(self, name: str, protocol: Protocol) -> frozenset[int]:
+        """Numbers of the container ports with this name and protocol."""
+        return frozenset(p.port for p in self.ports if p.name == name and p.protocol == protocol)
+
+
+@dataclass(frozen=True)
+class NetworkAttachmentDefinition:
+    namespace: str
+    name: str
+    config: Mapping[str, Any] = field(default_factory=dict)
+    errors: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+PolicyObject = Namespace | Pod | NetworkAttachmentDefinition | MultiNetworkPolicy
+
+
+def parse_namespace(raw: Mapping[str, Any]) -> Namespace:
+    meta = raw.get("metadata")
+    if not isinstance(meta, Mapping):
+        raise ValueError("Namespace: metadata missing or not an object")
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError("Namespace: metadata.name missing or not a string")
+    issues = Issues(f"Namespace {name}")
+    labels = implicit_namespace_labels(name)
+    labels.update(string_map(meta.get("labels"), issues, "metadata.labels"))
+    return Namespace(name, labels, tuple(issues.messages))
+
+
+def parse_pod(raw: Mapping[str, Any]) -> Pod:
+    namespace, name, meta = metadata(raw, "Pod")
+    issues = Issues(f"Pod {namespace}/{name}")
+    labels = string_map(meta.get("labels"), issues, "metadata.labels")
+    annotations = string_map(meta.get("annotations"), issues, "metadata.annotations")
+    spec = as_mapping(raw.get("spec"), issues, "spec") or {}
+    status = as_mapping(raw.get("status"), issues, "status") or {}
+    uid = meta.get("uid")
+    node = spec.get("nodeName")
+    phase = status.get("phase")
+    return Pod(
+        namespace=namespace,
+        name=name,
+        uid=uid if isinstance(uid, str) else "",
+        labels=labels,
+        node_name=node if isinstance(node, str) else "",
+        phase=phase if isinstance(phase, str) else "",
+        host_network=spec.get("hostNetwork") is True,
+        ports=_container_ports(spec, issues),
+        networks=_network_status(annotations.get(NETWORK_STATUS), namespace, issues),
+        errors=tuple(issues.messages),
+    )
+
+
+def _container_ports(spec: Mapping[str, Any], issues: Issues) -> tuple[ContainerPort, ...]:
+    out: list[ContainerPort] = []
+    for ci, container in enumerate(
+        as_list(spec.get("containers"), issues, "spec.containers") or []
+    ):
+        cpath = f"spec.containers[{ci}]"
+        cmap = as_mapping(container, issues, cpath) or {}
+        for pi, port in enumerate(as_list(cmap.get("ports"), issues, f"{cpath}.ports") or []):
+            ppath = f"{cpath}.ports[{pi}]"
+            pmap = as_mapping(port, issues, ppath) or {}
+            number = pmap.get("containerPort")
+            proto_raw = pmap.get("protocol", "TCP")
+            name = pmap.get("name", "")
+            if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= 65535:
+                issues.add(f"{ppath}.containerPort", f"{number!r} is not a port number")
+            elif not isinstance(proto_raw, str) or proto_raw not in Protocol.__members__:
+                issues.add(f"{ppath}.protocol", f"unknown protocol {proto_raw!r}")
+            elif not isinstance(name, str):
+                issues.add(f"{ppath}.name", f"must be a string, got {type_name(name)}")
+            else:
+                out.append(ContainerPort(name, number, Protocol[proto_raw]))
+    return tuple(out)
+
+
+def _network_status(
+    value: str | None, namespace: str, issues: Issues
+) -> tuple[NetworkStatusEntry, ...]:
+    """Parse Multus's network-status annotation (contracts/cni.md A05).
+
+    A malformed annotation yields no entries: the pod then contributes no peer
+    IPs, which can only narrow what policies allow.
+    """
+    if value is None:
+        return ()
+    path = f"metadata.annotations[{NETWORK_STATUS}]"
+    try:
+        entries = json.loads(value)
+    except ValueError as exc:
+        issues.add(path, f"not valid JSON: {exc}")
+        return ()
+    if not isinstance(entries, list):
+        issues.add(path, f"must be a JSON list, got {type_name(entries)}")
+        return ()
+    out: list[NetworkStatusEntry] = []
+    for i, raw in enumerate(entries):
+        entry = _status_entry(raw, namespace, issues, f"{path}[{i}]")
+        if entry is not None:
+            out.append(entry)
+    return tuple(out)
+
+
+def _status_entry(
+    raw: object, namespace: str, issues: Issues, path: str
+) -> NetworkStatusEntry | None:
+    entry = as_mapping(raw, issues, path)
+    if entry is None:
+        return None
+    name = entry.get("name")
+    if not isinstance(name, str) or not name:
+        issues.add(f"{path}.name", "required string")
+        return None
+    default = entry.get("default") is True
+    try:
+        key = network_key(name, namespace)
+    except ValueError as exc:
+        if not default:
+            issues.add(f"{path}.name", str(exc))
+            return None
+        key = name  # the cluster network's conf name need not be a NAD name
+    ips: list[IPAddress] = []
+    for j, ip in enumerate(as_list(entry.get("ips"), issues, f"{path}.ips") or []):
+        addr = _parse_ip(ip)
+        if addr is None:
+            issues.add(f"{path}.ips[{j}]", f"{ip!r} is not an IP address")
+        else:
+            ips.append(addr)
+    interface = entry.get("interface")
+    mac = entry.get("mac")
+    return NetworkStatusEntry(
+        network=key,
+        interface=interface if isinstance(interface, str) else "",
+        ips=tuple(ips),
+        mac=mac if isinstance(mac, str) else "",
+        default=default,
+    )
+
+
+def _parse_ip(raw: object) -> IPAddress | None:
+    if not isinstance(raw, str):
+        return None
+    try:
+        # Multus writes bare addresses; accept "addr/len" from other writers.
+        return ipaddress.ip_interface(raw).ip
+    except ValueError:
+        return None
+
+
+def parse_nad(raw: Mapping[str, Any]) -> NetworkAttachmentDefinition:
+    namespace, name, _meta = metadata(raw, "NetworkAttachmentDefinition")
+    issues = Issues(f"NetworkAttachmentDefinition {namespace}/{name}")
+    spec = as_mapping(raw.get("spec"), issues, "spec") or {}
+    config: Mapping[str, Any] = {}
+    text = spec.get("config")
+    if text is None:
+        pass  # a config-less NAD names a CNI config file on the node
+    elif not isinstance(text, str):
+        issues.add("spec.config", f"must be a JSON string, got {type_name(text)}")
+    else:
+        try:
+            parsed = json.loads(text)
+        except ValueError as exc:
+            issues.add("spec.config", f"not valid JSON: {exc}")
+        else:
+            if isinstance(parsed, Mapping):
+                config = parsed
+            else:
+                issues.add("spec.config", f"must be a JSON object, got {type_name(parsed)}")
+    return NetworkAttachmentDefinition(namespace, name, config, tuple(issues.messages))
+
+
+_PARSERS: dict[str, Callable[[Mapping[str, Any]], PolicyObject]] = {
+    "Namespace": parse_namespace,
+    "Pod": parse_pod,
+    "NetworkAttachmentDefinition": parse_nad,
+    "MultiNetworkPolicy": parse_policy,
+}
+
+KINDS = frozenset(_PARSERS)
+
+
+def kind_of(obj: PolicyObject) -> str:
+    """The Kubernetes kind of a parsed object (the class names match)."""
+    return type(obj).__name__
+
+
+def parse_object(raw: Mapping[str, Any], kind: str | None = None) -> PolicyObject:
+    """Dispatch on ``kind`` (or ``raw["kind"]``); ``ValueError`` for an
+    unknown kind or a nameless object."""
+    kind = kind or raw.get("kind")
+    parser = _PARSERS.get(kind) if isinstance(kind, str) else None
+    if parser is None:
+        raise ValueError(f"unsupported kind {kind!r} (want one of {', '.join(sorted(KINDS))})")
+    return parser(raw)

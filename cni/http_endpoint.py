@@ -1,0 +1,278 @@
+"""The agent's side of the shim protocol: HTTP/1.1 on a root-only unix socket.
+
+``POST /v1/cni`` takes ``{"env": {CNI_*...}, "stdin": "<config text>"}`` and
+answers 200 with the bytes the shim prints and ``X-CNI-Exit-Code``. ``GET
+/v1/ready`` answers 200 or 503. While the agent is not ready, ``POST`` answers
+503 without running the request, so the shim may safely retry it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import http.server
+import json
+import logging
+import os
+import socket
+import socketserver
+import stat
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nicwarden.agent.errors import AlreadyExists, InvalidArgument
+
+log = logging.getLogger(__name__)
+
+CniHandler = Callable[[dict[str, str], str], tuple[int, bytes]]
+ReadyCheck = Callable[[], bool]
+
+CNI_PATH = "/v1/cni"
+READY_PATH = "/v1/ready"
+EXIT_CODE_HEADER = "X-CNI-Exit-Code"
+MAX_REQUEST_BYTES = 1 << 20  # a CNI config is a few KiB; a prevResult adds little
+_REQUEST_READ_TIMEOUT = 30.0  # a client that stalls mid-request must not pin a thread
+
+
+class _Server(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+    # stop() must not wait for a handler stuck in the backend (a slow kernel write).
+    block_on_close = False
+
+    def __init__(self, path: Path, handler: CniHandler, ready: ReadyCheck, max_bytes: int) -> None:
+        self.cni_handler = handler
+        self.ready = ready
+        self.max_bytes = max_bytes
+        self.bound_inode: tuple[int, int] | None = None
+        super().__init__(str(path), _RequestHandler)
+
+    def server_bind(self) -> None:
+        # bind() creates the socket file with the process umask, and changing
+        # the umask would race other threads. So bind inside a private 0700
+        # directory next to the target, tighten the mode, then rename into
+        # place: the socket is never reachable with a loose mode, and the
+        # rename atomically replaces any stale file.
+        target = Path(self.server_address)  # type: ignore[arg-type]
+        scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            temp = scratch / "sock"
+            self.socket.bind(str(temp))
+            os.chmod(temp, 0o600)
+            os.rename(temp, target)
+        finally:
+            with contextlib.suppress(OSError):
+                (scratch / "sock").unlink()
+            scratch.rmdir()
+        st = os.stat(target)
+        self.bound_inode = (st.st_dev, st.st_ino)
+        self.server_address = str(target)
+
+
+class _RequestHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "nicwarden-cni"
+    timeout = _REQUEST_READ_TIMEOUT
+    server: _Server
+
+    def do_GET(self) -> None:  # BaseHTTPRequestHandler dispatches on this name
+        if self.path != READY_PATH:
+            self._reply(404, b"not found\n")
+        elif self._is_ready():
+            self._reply(200, b"ready\n")
+        else:
+            self._reply(503, b"not ready\n")
+
+    def do_POST(self) -> None:
+        if self.path != CNI_PATH:
+            self._reply(404, b"not found\n")
+            return
+        length = self._content_length()
+        if length is None:
+            return
+        body = self.rfile.read(length)
+        if len(body) != length:
+            self._reply(400, b"request body shorter than Content-Length\n")
+            return
+        if not self._is_ready():
+            self._reply(503, b"the nicwarden agent is not ready\n")
+            return
+        try:
+            env, stdin = _decode_body(body)
+        except InvalidArgument as err:
+            self._reply(400, f"{err}\n".encode())
+            return
+        try:
+            exit_code, output = self.server.cni_handler(env, stdin)
+        except Exception:
+            log.exception("CNI handler failed")
+            self._reply(500, b"the CNI handler failed; see the agent log\n")
+            return
+        self._reply(200, output, {EXIT_CODE_HEADER: str(exit_code)}, "application/json")
+
+    def _content_length(self) -> int | None:
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            self._reply(411, b"Content-Length required\n")
+            return None
+        try:
+            length = int(raw)
+        except ValueError:
+            length = -1
+        if length < 0:
+            self._reply(400, b"bad Content-Length\n")
+            return None
+        if length > self.server.max_bytes:
+            # The body is left unread, so the connection cannot be reused.
+            self.close_connection = True
+            self._reply(413, f"request larger than {self.server.max_bytes} bytes\n".encode())
+            return None
+        return length
+
+    def _is_ready(self) -> bool:
+        try:
+            return bool(self.server.ready())
+        except Exception:
+            log.exception("readiness check failed")
+            return False
+
+    def _reply(
+        self,
+        status: int,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+        content_type: str = "text/plain; charset=utf-8",
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def address_string(self) -> str:
+        # A unix-socket peer has no address; the base class would index "".
+        return "unix"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("cni endpoint: " + format, *args)
+
+
+def _decode_body(body: bytes) -> tuple[dict[str, str], str]:
+    try:
+        obj = json.loads(body)
+    except ValueError as err:
+        raise InvalidArgument(f"body is not JSON: {err}") from None
+    if not isinstance(obj, dict):
+        raise InvalidArgument("body is not a JSON object")
+    env, stdin = obj.get("env"), obj.get("stdin")
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        raise InvalidArgument('"env" must be an object of strings')
+    if not isinstance(stdin, str):
+        raise InvalidArgument('"stdin" must be a string')
+    return env, stdin
+
+
+def _always_ready() -> bool:
+    return True
+
+
+class CniHttpServer:
+    """Serves the CNI shim on ``socket_path`` from a background thread."""
+
+    def __init__(
+        self,
+        socket_path: Path,
+        handler: CniHandler,
+        ready: ReadyCheck = _always_ready,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
+    ) -> None:
+        self.socket_path = Path(socket_path)
+        self._handler = handler
+        self._ready = ready
+        self._max_bytes = max_request_bytes
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._server is not None:
+            raise RuntimeError("CniHttpServer already started")
+        _prepare_directory(self.socket_path.parent)
+        _clear_stale_socket(self.socket_path)
+        self._server = _Server(self.socket_path, self._handler, self._ready, self._max_bytes)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            name=f"cni-http {self.socket_path}",
+            daemon=True,
+        )
+        self._thread.start()
+        log.info("CNI endpoint listening on %s", self.socket_path)
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        self._server = self._thread = None
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join()
+        _remove_if_ours(self.socket_path, server.bound_inode)
+
+    def __enter__(self) -> CniHttpServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _prepare_directory(directory: Path) -> None:
+    try:
+        directory.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        # An existing directory (say /run) is not ours to re-mode.
+        return
+    # mkdir's mode is filtered through the umask; state it exactly.
+    os.chmod(directory, 0o700)
+
+
+def _clear_stale_socket(path: Path) -> None:
+    """Refuse a live server; remove what a dead one left behind."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise AlreadyExists(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except OSError as err:
+        if err.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise
+        log.info("removing stale CNI socket %s left by a dead process", path)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    finally:
+        probe.close()
+    raise AlreadyExists(f"another server is already listening on {path}; is an agent running?")
+
+
+def _remove_if_ours(path: Path, inode: tuple[int, int] | None) -> None:
+    # A successor agent may already have replaced the socket; leave its file be.
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if inode == (st.st_dev, st.st_ino):
+        path.unlink()

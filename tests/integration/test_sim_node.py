@@ -1,0 +1,156 @@
+"""The simulated node on the real kernel: veths, sysfs behaviour, live events.
+
+Oracles are independent of the agent: `ip` for links and netns, the
+filesystem for sysfs links."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from nicwarden.agent.errors import Busy, InvalidArgument, NotFound
+from nicwarden.agent.inventory import LiveInventory
+from nicwarden.agent.model import Inventory
+from nicwarden.agent.sim import SimulatedNode, parse_spec
+from tests.conftest import run
+
+pytestmark = pytest.mark.root
+
+
+def host_links(prefix: str) -> set[str]:
+    out = run("ip", "-o", "link", "show").stdout
+    names = {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
+    return {n for n in names if n.startswith(prefix)}
+
+
+@pytest.fixture
+def sim() -> Iterator[SimulatedNode]:
+    prefix = "t" + uuid.uuid4().hex[:4]
+    node = SimulatedNode(parse_spec("2x8"), prefix=prefix).start()
+    try:
+        yield node
+    finally:
+        node.stop()
+        assert host_links(prefix) == set(), "tear-down left links behind"
+
+
+@pytest.fixture
+def live(sim: SimulatedNode) -> Iterator[LiveInventory]:
+    inv = LiveInventory(sim.paths)
+    sim.subscribe(inv.notify)
+    inv.start()
+    yield inv
+    inv.stop()
+
+
+def wait_for(
+    inv: LiveInventory, pred: Callable[[Inventory], bool], timeout: float = 1.0
+) -> float:
+    """Seconds until ``pred`` holds for a published snapshot; fails after timeout."""
+    hit = threading.Event()
+    start = time.monotonic()
+    unsub = inv.subscribe(lambda snap: hit.set() if pred(snap) else None)
+    try:
+        if pred(inv.snapshot()):
+            return 0.0
+        assert hit.wait(timeout), "inventory did not see the change in time"
+        return time.monotonic() - start
+    finally:
+        unsub()
+
+
+def test_two_pfs_eight_vfs_inventory_matches_kernel(sim: SimulatedNode, live: LiveInventory) -> None:
+    inv = live.snapshot()
+    assert [pf.name for pf in inv.pfs] == [sim.pf_name(0), sim.pf_name(1)]
+    assert [len(pf.vfs) for pf in inv.pfs] == [8, 8]
+    links = host_links(sim.prefix)
+    for i, pf in enumerate(inv.pfs):
+        assert pf.fn.numa_node == i % 2 and pf.num_vfs == 8
+        for j, vf in enumerate(pf.vfs):
+            assert vf.address == sim.vf_address(i, j) and vf.fn.driver == "iavf"
+            assert vf.fn.netdev is not None and vf.fn.netdev.name == sim.vf_name(i, j)
+            assert vf.fn.netdev.name in links
+            shown = run("ip", "-br", "link", "show", vf.fn.netdev.name).stdout.split()
+            assert shown[2] == vf.fn.netdev.mac
+    groups = [vf.fn.iommu_group for vf in inv.vfs()]
+    assert len(set(groups)) == 16
+
+
+def test_deleted_vf_netdev_is_seen_within_a_second(sim: SimulatedNode, live: LiveInventory) -> None:
+    name = sim.vf_name(0, 3)
+    run("ip", "link", "del", name)
+    took = wait_for(live, lambda s: s.pfs[0].vfs[3].fn.netdev is None)
+    assert took < 1.0
+
+
+def test_link_down_is_seen(sim: SimulatedNode, live: LiveInventory) -> None:
+    run("ip", "link", "set", sim.vf_name(1, 0), "down")
+    wait_for(live, lambda s: s.pfs[1].vfs[0].fn.netdev is not None
+             and s.pfs[1].vfs[0].fn.netdev.operstate == "down")
+
+
+def test_numvfs_follows_kernel_rules_and_is_seen(sim: SimulatedNode, live: LiveInventory) -> None:
+    attr = sim.paths.pci_devices / sim.pf_address(0) / "sriov_numvfs"
+    with pytest.raises(Busy, match="write 0 first"):
+        sim.write(attr, "4")
+    with pytest.raises(InvalidArgument):
+        sim.write(attr, "65")
+    with pytest.raises(InvalidArgument):
+        sim.write(attr, "four")
+    sim.write(attr, "0")
+    wait_for(live, lambda s: s.pfs[0].num_vfs == 0 and not s.pfs[0].vfs)
+    assert not {sim.vf_name(0, j) for j in range(8)} & host_links(sim.prefix)
+    sim.write(attr, "4")
+    wait_for(live, lambda s: len(s.pfs[0].vfs) == 4)
+    assert {sim.vf_name(0, j) for j in range(4)} <= host_links(sim.prefix)
+
+
+def test_vfio_bind_and_back(sim: SimulatedNode, live: LiveInventory) -> None:
+    vf = sim.vf_address(0, 1)
+    dev = sim.paths.pci_devices / vf
+    sim.write(dev / "driver_override", "vfio-pci")
+    sim.write(dev / "driver" / "unbind", vf)
+    assert not (dev / "driver").exists()
+    assert sim.vf_name(0, 1) not in host_links(sim.prefix)
+    sim.write(sim.paths.drivers_probe, vf)
+    snap = wait_for_vf(live, vf, lambda f: f.driver == "vfio-pci")
+    group = snap.fn.iommu_group
+    assert (sim.paths.vfio / str(group)).exists() and snap.fn.netdev is None
+    with pytest.raises(Busy):
+        sim.write(sim.paths.pci_drivers / "iavf" / "bind", vf)
+    sim.write(dev / "driver_override", "")
+    sim.write(sim.paths.pci_drivers / "vfio-pci" / "unbind", vf)
+    assert not (sim.paths.vfio / str(group)).exists()
+    sim.write(sim.paths.drivers_probe, vf)
+    back = wait_for_vf(live, vf, lambda f: f.driver == "iavf" and f.netdev is not None)
+    assert back.fn.netdev is not None and back.fn.netdev.name == sim.vf_name(0, 1)
+    with pytest.raises(NotFound):
+        sim.write(sim.paths.pci_drivers / "iavf" / "unbind", "0000:77:00.0")
+
+
+def wait_for_vf(live: LiveInventory, address: str, pred: Callable[..., bool]) -> object:
+    def check(s: Inventory) -> bool:
+        f = s.find(address)
+        return f is not None and pred(f.fn)
+
+    wait_for(live, check)
+    found = live.snapshot().find(address)
+    assert found is not None
+    return found
+
+
+def test_vf_returns_to_host_when_its_netns_dies(
+    sim: SimulatedNode, live: LiveInventory, netns: Callable[[], str]
+) -> None:
+    ns = netns()
+    name = sim.vf_name(0, 5)
+    run("ip", "link", "set", name, "netns", ns)
+    run("ip", "-n", ns, "link", "set", name, "name", "net1")
+    wait_for(live, lambda s: s.pfs[0].vfs[5].fn.netdev is None)
+    run("ip", "netns", "del", ns)
+    wait_for(live, lambda s: s.pfs[0].vfs[5].fn.netdev is not None)
+    assert name in host_links(sim.prefix)
