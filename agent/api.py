@@ -5,6 +5,7 @@ gRPC statuses through the one table in agent/errors.py."""
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import platform
@@ -14,10 +15,19 @@ from typing import Any, TypeVar
 import grpc
 
 from nicwarden.agent import __version__
-from nicwarden.agent.errors import NicwardenError, NotFound, mapping_for
+from nicwarden.agent.errors import (
+    InvalidArgument,
+    NicwardenError,
+    NotFound,
+    Unavailable,
+    mapping_for,
+)
 from nicwarden.agent.health import pf_health, vf_health
 from nicwarden.agent.model import PF, VF, Inventory
 from nicwarden.agent.runtime import AgentRuntime
+from nicwarden.agent.store import Attachment as StoredAttachment
+from nicwarden.agent.store import Store
+from nicwarden.cni.dispatch import handle_invocation
 from nicwarden.proto.nicwarden.v1 import agent_pb2 as pb
 from nicwarden.proto.nicwarden.v1 import agent_pb2_grpc as pb_grpc
 
@@ -134,6 +144,126 @@ class AgentService(pb_grpc.AgentServicer):  # type: ignore[misc]
             ok, why = vf_health(dev, pf, self.runtime.paths.vfio)
         msg.healthy, msg.health_detail = ok, why
         return msg
+
+    @rpc
+    def ListPools(self, request: pb.ListPoolsRequest, context: Any) -> pb.ListPoolsResponse:
+        dp = self.runtime.deviceplugin
+        if dp is None:
+            raise Unavailable("the device plugin is not running")
+        pools = []
+        for st in dp.pools():
+            devices = [
+                pb.PoolDevice(
+                    id=d.id,
+                    health=d.health,
+                    problem=d.problem or "",
+                    numa_node=d.numa_node,
+                    pf_address=d.pf_address,
+                    pf_name=d.pf_name or "",
+                    driver=d.driver or "",
+                    iommu_group=-1 if d.iommu_group is None else d.iommu_group,
+                )
+                for d in st.devices
+            ]
+            pools.append(
+                pb.Pool(
+                    name=st.name,
+                    resource=st.resource,
+                    socket=str(st.socket),
+                    device_count=st.device_count,
+                    healthy_count=st.healthy_count,
+                    registered=st.registered,
+                    last_error=st.last_error or "",
+                    devices=devices,
+                )
+            )
+        errors = [str(e) for e in dp.config_errors()]
+        return pb.ListPoolsResponse(pools=pools, config_errors=errors)
+
+    @rpc
+    def ListAllocations(
+        self, request: pb.ListAllocationsRequest, context: Any
+    ) -> pb.ListAllocationsResponse:
+        rows = self._store().allocations(request.resource or None)
+        return pb.ListAllocationsResponse(
+            allocations=[
+                pb.Allocation(
+                    resource=a.resource,
+                    device_id=a.device_id,
+                    pod_namespace=a.pod_namespace,
+                    pod_name=a.pod_name,
+                    pod_uid=a.pod_uid,
+                    allocated_at=a.allocated_at,
+                )
+                for a in rows
+            ]
+        )
+
+    @rpc
+    def ListAttachments(
+        self, request: pb.ListAttachmentsRequest, context: Any
+    ) -> pb.ListAttachmentsResponse:
+        return _attachments(self._store().list_attachments())
+
+    @rpc
+    def GetAttachment(
+        self, request: pb.GetAttachmentRequest, context: Any
+    ) -> pb.ListAttachmentsResponse:
+        found = self._store().attachments_for_container(request.container_id)
+        if not found:
+            raise NotFound(f"no attachments for container {request.container_id!r}")
+        return _attachments(found)
+
+    @rpc
+    def Attach(self, request: pb.CniInvocation, context: Any) -> pb.CniReply:
+        return self._cni(request, "ADD")
+
+    @rpc
+    def Detach(self, request: pb.CniInvocation, context: Any) -> pb.CniReply:
+        return self._cni(request, "DEL")
+
+    def _cni(self, request: pb.CniInvocation, command: str) -> pb.CniReply:
+        env = dict(request.cni_env)
+        if env.get("CNI_COMMAND", command) != command:
+            raise InvalidArgument(f"CNI_COMMAND must be {command} (or unset) for this call")
+        env["CNI_COMMAND"] = command
+        if self.runtime.attach is None:
+            raise Unavailable("the attach service is not running")
+        code, out = handle_invocation(env, request.cni_config, self.runtime.attach)
+        return pb.CniReply(exit_code=code, output=out.decode())
+
+    @rpc
+    def Reconcile(self, request: pb.ReconcileRequest, context: Any) -> pb.ReconcileResponse:
+        if self.runtime.attach is None:
+            raise Unavailable("the attach service is not running")
+        return pb.ReconcileResponse(actions=self.runtime.attach.reconcile())
+
+    def _store(self) -> Store:
+        if self.runtime.store is None:
+            raise Unavailable("the state store is not open")
+        return self.runtime.store
+
+
+def _attachments(rows: list[StoredAttachment]) -> pb.ListAttachmentsResponse:
+    return pb.ListAttachmentsResponse(
+        attachments=[
+            pb.Attachment(
+                container_id=a.container_id,
+                ifname=a.ifname,
+                network=a.network,
+                netns=a.netns,
+                device=a.device or "",
+                kind=a.kind,
+                state=a.state,
+                pod_namespace=a.pod_namespace,
+                pod_name=a.pod_name,
+                pod_uid=a.pod_uid,
+                result_json=json.dumps(a.result) if a.result else "",
+                created=a.created,
+            )
+            for a in rows
+        ]
+    )
 
 
 def _matches(d: pb.Device, req: pb.ListDevicesRequest) -> bool:

@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -145,6 +146,94 @@ def cmd_health(client: Client, args: argparse.Namespace) -> tuple[Message, str]:
     return h, text
 
 
+def cmd_pools(client: Client, args: argparse.Namespace) -> tuple[Message, str]:
+    resp = client.call("ListPools", pb.ListPoolsRequest())
+    rows = [
+        [
+            p.name,
+            p.resource,
+            f"{p.healthy_count}/{p.device_count}",
+            "yes" if p.registered else "no",
+            p.last_error or "-",
+        ]
+        for p in resp.pools
+    ]
+    text = table(["POOL", "RESOURCE", "HEALTHY", "REGISTERED", "LAST ERROR"], rows)
+    if args.devices:
+        drows = [
+            [
+                p.resource,
+                d.id,
+                d.driver or "-",
+                d.pf_name or d.pf_address,
+                d.numa_node,
+                d.health + (f" ({d.problem})" if d.problem else ""),
+            ]
+            for p in resp.pools
+            for d in p.devices
+        ]
+        text += "\n\n" + table(["RESOURCE", "DEVICE", "DRIVER", "PF", "NUMA", "HEALTH"], drows)
+    for err in resp.config_errors:
+        text += f"\ninvalid pool skipped: {err}"
+    return resp, text
+
+
+def cmd_allocations(client: Client, args: argparse.Namespace) -> tuple[Message, str]:
+    resp = client.call("ListAllocations", pb.ListAllocationsRequest(resource=args.resource or ""))
+    rows = [
+        [
+            a.resource,
+            a.device_id,
+            f"{a.pod_namespace}/{a.pod_name}" if a.pod_name else "-",
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(a.allocated_at)),
+        ]
+        for a in resp.allocations
+    ]
+    return resp, table(["RESOURCE", "DEVICE", "POD", "ALLOCATED"], rows)
+
+
+def _attachment_rows(atts: Sequence[pb.Attachment]) -> list[list[object]]:
+    rows: list[list[object]] = []
+    for a in atts:
+        ips = ""
+        if a.result_json:
+            ips = ",".join(ip.get("address", "") for ip in json.loads(a.result_json).get("ips", []))
+        rows.append(
+            [
+                a.container_id[:12],
+                f"{a.pod_namespace}/{a.pod_name}" if a.pod_name else "-",
+                a.ifname,
+                a.network,
+                a.kind,
+                a.device or "-",
+                a.state,
+                ips or "-",
+            ]
+        )
+    return rows
+
+
+ATTACHMENT_HEADERS = ["CONTAINER", "POD", "IFNAME", "NETWORK", "KIND", "DEVICE", "STATE", "IPS"]
+
+
+def cmd_attachments(client: Client, args: argparse.Namespace) -> tuple[Message, str]:
+    resp = client.call("ListAttachments", pb.ListAttachmentsRequest())
+    return resp, table(ATTACHMENT_HEADERS, _attachment_rows(resp.attachments))
+
+
+def cmd_attachment(client: Client, args: argparse.Namespace) -> tuple[Message, str]:
+    resp = client.call("GetAttachment", pb.GetAttachmentRequest(container_id=args.container_id))
+    text = table(ATTACHMENT_HEADERS, _attachment_rows(resp.attachments))
+    for a in resp.attachments:
+        text += f"\n\n{a.ifname} netns {a.netns}\n{a.result_json}"
+    return resp, text
+
+
+def cmd_reconcile(client: Client, args: argparse.Namespace) -> tuple[Message, str]:
+    resp = client.call("Reconcile", pb.ReconcileRequest())
+    return resp, "\n".join(resp.actions) or "nothing to do"
+
+
 Command = Callable[[Client, argparse.Namespace], tuple[Message, str]]
 
 
@@ -170,6 +259,19 @@ def build_parser() -> argparse.ArgumentParser:
     one = sub.add_parser("device", help="show one PF or VF")
     one.add_argument("id", help="PCI address or netdev name")
     one.set_defaults(func=cmd_device)
+    pools = sub.add_parser("pools", help="device plugin pools (kubelet resources)")
+    pools.add_argument("--devices", action="store_true", help="list each pool's devices")
+    pools.set_defaults(func=cmd_pools)
+    allocs = sub.add_parser("allocations", help="devices kubelet allocated")
+    allocs.add_argument("--resource")
+    allocs.set_defaults(func=cmd_allocations)
+    sub.add_parser("attachments", help="pod attachments").set_defaults(func=cmd_attachments)
+    one_att = sub.add_parser("attachment", help="one container's attachments")
+    one_att.add_argument("container_id")
+    one_att.set_defaults(func=cmd_attachment)
+    sub.add_parser("reconcile", help="reconcile attachments with the kernel now").set_defaults(
+        func=cmd_reconcile
+    )
     sub.add_parser("version", help="agent and CLI versions").set_defaults(func=cmd_version)
     sub.add_parser("health", help="agent component health").set_defaults(func=cmd_health)
     return p

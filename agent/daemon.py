@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
+# gRPC core logs a line for every fork (IPAM delegates are exec'd); keep its
+# own chatter to errors. Must be set before grpc is imported.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import argparse
 import fcntl
 import logging
-import os
 import signal
 import sys
 import threading
@@ -41,6 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="run on a simulated SR-IOV node: NxM (PFs x VFs, default 2x8) or a YAML file",
     )
     p.add_argument("--sim-prefix", default="nws", help="netdev name prefix of simulated links")
+    p.add_argument(
+        "--sim-root",
+        type=Path,
+        help="keep the simulated node's tree here; an existing one is adopted (agent restarts)",
+    )
+    p.add_argument(
+        "--sim-keep",
+        action="store_true",
+        help="leave the simulated node up when the agent stops, for a restart to adopt",
+    )
     p.add_argument("--state-dir", type=Path)
     p.add_argument("--socket", type=Path, help="gRPC admin socket")
     p.add_argument("--cni-socket", type=Path, help="socket the CNI shim talks to")
@@ -120,9 +135,17 @@ class StateLock:
 class Agent:
     """The daemon: runtime + gRPC server + metrics, with ordered shutdown."""
 
-    def __init__(self, config: AgentConfig, sim_prefix: str = "nws") -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        sim_prefix: str = "nws",
+        sim_root: Path | None = None,
+        sim_keep: bool = False,
+    ) -> None:
         self.config = config
-        self.runtime = AgentRuntime(config, sim_prefix=sim_prefix)
+        self.runtime = AgentRuntime(
+            config, sim_prefix=sim_prefix, sim_root=sim_root, sim_keep=sim_keep
+        )
         self.lock = StateLock(state_lock_path(config.state_dir))
         self.server: Any = None
         self.metrics_port: int | None = None
@@ -179,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     logs.setup(config.log_level, config.log_format)
     log.info("starting", extra={"version": __version__, "config": str(config.to_dict())})
-    agent = Agent(config, sim_prefix=args.sim_prefix)
+    agent = Agent(
+        config, sim_prefix=args.sim_prefix, sim_root=args.sim_root, sim_keep=args.sim_keep
+    )
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -7,26 +7,42 @@ from __future__ import annotations
 
 import logging
 import socket as pysocket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from nicwarden.agent.attach import AttachContext, AttachService
 from nicwarden.agent.config import AgentConfig, SimShape
 from nicwarden.agent.host.paths import HostPaths
 from nicwarden.agent.host.sysfs import KernelSysfsWriter, SysfsWriter, check_root
+from nicwarden.agent.host.vfnetlink import NetlinkVfConfigurator, VfConfigurator, VfSettings
 from nicwarden.agent.inventory import LiveInventory
 from nicwarden.agent.metrics import Metrics
 from nicwarden.agent.sim import SimulatedNode, parse_spec
+from nicwarden.agent.sim.vfconfig import SimVfConfigurator
 from nicwarden.agent.store import Store
+from nicwarden.cni.dispatch import handle_invocation
+from nicwarden.cni.http_endpoint import CniHttpServer
+from nicwarden.deviceplugin.manager import DevicePluginManager
 
 log = logging.getLogger(__name__)
 
 
 class AgentRuntime:
-    def __init__(self, config: AgentConfig, *, sim_prefix: str = "nws") -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        sim_prefix: str = "nws",
+        sim_root: Path | None = None,
+        sim_keep: bool = False,
+    ) -> None:
         self.config = config
         self.sim_prefix = sim_prefix
+        self.sim_root = sim_root
+        self.sim_keep = sim_keep
         self.node_name = pysocket.gethostname()
         self.started_at = time.time()
         self.metrics = Metrics()
@@ -35,6 +51,12 @@ class AgentRuntime:
         self.writer: SysfsWriter = KernelSysfsWriter()
         self.store: Store | None = None
         self.inventory = LiveInventory(self.paths)
+        self.vfconf: VfConfigurator = NetlinkVfConfigurator()
+        self.attach: AttachService | None = None
+        self.cni_server: CniHttpServer | None = None
+        self.deviceplugin: DevicePluginManager | None = None
+        self._reconciler: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._stops: list[Callable[[], None]] = []
 
     @property
@@ -57,7 +79,9 @@ class AgentRuntime:
             spec = parse_spec(
                 str(cfg.simulate) if isinstance(cfg.simulate, SimShape) else cfg.simulate
             )
-            self.sim = SimulatedNode(spec, prefix=self.sim_prefix).start()
+            self.sim = SimulatedNode(
+                spec, root=self.sim_root, prefix=self.sim_prefix, keep=self.sim_keep
+            ).start()
             self._stops.append(self.sim.stop)
             self.paths, self.writer = self.sim.paths, self.sim
             log.info("simulated node up", extra={"root": str(self.sim.root), "pfs": len(spec.pfs)})
@@ -72,6 +96,54 @@ class AgentRuntime:
         self.metrics.inventory(self.inventory.snapshot())
         inv = self.inventory.snapshot()
         log.info("inventory ready", extra={"pfs": len(inv.pfs), "vfs": len(inv.vfs())})
+        if self.sim is not None:
+            self.vfconf = SimVfConfigurator(self.sim)
+        self.attach = AttachService(
+            AttachContext(
+                paths=self.paths,
+                inventory=self.inventory,
+                store=self.store,
+                vfconf=self.vfconf,
+                settings_type=VfSettings,
+                ready=self.inventory.ready.is_set,
+            )
+        )
+        # Finish what a crash interrupted before taking new requests.
+        self.attach.reconcile()
+        attach = self.attach
+        self.cni_server = CniHttpServer(
+            cfg.cni_socket,
+            lambda env, stdin: handle_invocation(env, stdin, attach),
+            ready=self.inventory.ready.is_set,
+        )
+        self.cni_server.start()
+        self._stops.append(self.cni_server.stop)
+        self.deviceplugin = DevicePluginManager(
+            self.inventory,
+            cfg.resource_list,
+            resource_prefix=cfg.resource_prefix,
+            paths=self.paths,
+            kubelet_dir=cfg.kubelet_dir,
+            device_info_dir=cfg.device_info_dir,
+            recorder=_AllocationRecorder(self.store),
+        )
+        for issue in self.deviceplugin.config_errors():
+            log.error("invalid device plugin pool", extra={"problem": str(issue)})
+        self.deviceplugin.start()
+        self._stops.append(self.deviceplugin.stop)
+        self._reconciler = threading.Thread(
+            target=self._reconcile_loop, name="reconcile", daemon=True
+        )
+        self._reconciler.start()
+        self._stops.append(self._stopping.set)
+
+    def _reconcile_loop(self) -> None:
+        while not self._stopping.wait(self.config.reconcile_interval):
+            try:
+                if self.attach is not None:
+                    self.attach.reconcile()
+            except Exception:
+                log.exception("periodic reconcile failed")
 
     def stop(self) -> None:
         while self._stops:
@@ -99,6 +171,19 @@ class AgentRuntime:
             "sysfs": str(self.paths.sys),
             "dev": str(self.paths.dev),
         }
+
+
+class _AllocationRecorder:
+    """Kubelet's Allocate names no pod: record the devices now; the CNI ADD
+    that receives the deviceID later ties them to the pod."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def record_allocation(self, resource: str, device_ids: list[str]) -> None:
+        self.store.record_allocation(
+            resource, device_ids, pod_namespace="", pod_name="", pod_uid=""
+        )
 
 
 def state_lock_path(state_dir: Path) -> Path:

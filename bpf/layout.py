@@ -34,7 +34,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Protocol
+from typing import Protocol, cast
 
 LAYOUT_VERSION = 1
 
@@ -47,7 +47,7 @@ class Direction(IntEnum):
 
 
 class Verdict(IntEnum):
-    PASS_ALWAYS = 0  # ARP, IPv6 neighbour discovery, non-IP ethertypes
+    PASS_ALWAYS = 0  # ARP, IPv6 neighbour discovery and MLD, non-IP ethertypes
     PASS_UNISOLATED = 1  # the direction is not isolated (flow recorded for replies)
     PASS_ESTABLISHED = 2  # packet of a known flow, or an ICMP error about one
     PASS_POLICY = 3  # new flow allowed by the policy tables
@@ -65,6 +65,7 @@ FLOW_CLOSING = 0x2  # TCP FIN or RST seen
 
 # nw_iface_info.flags (userspace bookkeeping only)
 IFACE_OWNS_CLSACT = 0x1  # we created the clsact qdisc, so we may remove it
+IFACE_FILTERS = 0x2  # our filters are installed (both hooks)
 
 TC_PRIO = 0x4E57  # "NW": the tc filter preference our filters use on both hooks
 TC_HANDLE = 1
@@ -248,21 +249,61 @@ def _c_sizeof(ctype: str) -> int:
 
 MAPS: tuple[MapSpec, ...] = (
     # LPM tries must be created with BPF_F_NO_PREALLOC.
-    MapSpec("nw_peers", "lpm_trie", BPF_MAP_TYPE_LPM_TRIE, "struct nw_peer_key", "__u64",
-            MAX_PEER_ENTRIES, BPF_F_NO_PREALLOC),
-    MapSpec("nw_ports", "lpm_trie", BPF_MAP_TYPE_LPM_TRIE, "struct nw_port_key", "__u64",
-            MAX_PORT_ENTRIES, BPF_F_NO_PREALLOC),
+    MapSpec(
+        "nw_peers",
+        "lpm_trie",
+        BPF_MAP_TYPE_LPM_TRIE,
+        "struct nw_peer_key",
+        "__u64",
+        MAX_PEER_ENTRIES,
+        BPF_F_NO_PREALLOC,
+    ),
+    MapSpec(
+        "nw_ports",
+        "lpm_trie",
+        BPF_MAP_TYPE_LPM_TRIE,
+        "struct nw_port_key",
+        "__u64",
+        MAX_PORT_ENTRIES,
+        BPF_F_NO_PREALLOC,
+    ),
     # NO_PREALLOC: a preallocated hash recycles a replaced element at once, so
     # a reader racing a policy switch could see it half rewritten; without
     # preallocation the old element is freed after an RCU grace period.
-    MapSpec("nw_cfg", "hash", BPF_MAP_TYPE_HASH, "struct nw_cfg_key", "struct nw_cfg_val",
-            2 * MAX_IFACES, BPF_F_NO_PREALLOC),
-    MapSpec("nw_flows", "lru_hash", BPF_MAP_TYPE_LRU_HASH, "struct nw_flow_key",
-            "struct nw_flow_val", MAX_FLOWS),
-    MapSpec("nw_counters", "percpu_hash", BPF_MAP_TYPE_PERCPU_HASH, "struct nw_counter_key",
-            "struct nw_counter_val", 2 * N_VERDICTS * MAX_IFACES),
-    MapSpec("nw_ifaces", "hash", BPF_MAP_TYPE_HASH, "__u32", "struct nw_iface_info",
-            MAX_IFACES, BPF_F_NO_PREALLOC),
+    MapSpec(
+        "nw_cfg",
+        "hash",
+        BPF_MAP_TYPE_HASH,
+        "struct nw_cfg_key",
+        "struct nw_cfg_val",
+        2 * MAX_IFACES,
+        BPF_F_NO_PREALLOC,
+    ),
+    MapSpec(
+        "nw_flows",
+        "lru_hash",
+        BPF_MAP_TYPE_LRU_HASH,
+        "struct nw_flow_key",
+        "struct nw_flow_val",
+        MAX_FLOWS,
+    ),
+    MapSpec(
+        "nw_counters",
+        "percpu_hash",
+        BPF_MAP_TYPE_PERCPU_HASH,
+        "struct nw_counter_key",
+        "struct nw_counter_val",
+        2 * N_VERDICTS * MAX_IFACES,
+    ),
+    MapSpec(
+        "nw_ifaces",
+        "hash",
+        BPF_MAP_TYPE_HASH,
+        "__u32",
+        "struct nw_iface_info",
+        MAX_IFACES,
+        BPF_F_NO_PREALLOC,
+    ),
     MapSpec("nw_meta", "array", BPF_MAP_TYPE_ARRAY, "__u32", "struct nw_meta", 1),
     # Slot 0 holds the policy program; every interface's trampoline tail-calls it.
     MapSpec("nw_progs", "prog", BPF_MAP_TYPE_PROG_ARRAY, "__u32", "__u32", 1),
@@ -326,18 +367,24 @@ def peer_key(iface: int, direction: Direction, gen: int, entry: PeerEntry) -> Pe
     the trie would silently merge such a key with its canonical twin."""
     family, addr, plen = entry
     if family not in _ADDR_LEN or len(addr) != _ADDR_LEN[family]:
-        raise ValueError(f"peer {entry!r}: family must be 4 or 6 with a {_ADDR_LEN.get(family)}-byte address")
+        raise ValueError(
+            f"peer {entry!r}: family must be 4 or 6 with a {_ADDR_LEN.get(family)}-byte address"
+        )
     width = 8 * len(addr)
     if not 0 <= plen <= width:
         raise ValueError(f"peer {entry!r}: prefixlen out of range 0..{width}")
     if int.from_bytes(addr, "big") & ((1 << (width - plen)) - 1):
         raise ValueError(f"peer {_fmt_peer(entry)}: host bits set past the prefix")
-    k = PeerKey(prefixlen=PEER_FIXED_BITS + plen, iface=iface, gen=gen, dir=direction, family=family)
+    k = PeerKey(
+        prefixlen=PEER_FIXED_BITS + plen, iface=iface, gen=gen, dir=direction, family=family
+    )
     ct.memmove(ct.addressof(k) + PeerKey.addr.offset, addr, len(addr))
     return k
 
 
-def peer_lookup_key(iface: int, direction: Direction, gen: int, family: int, addr: bytes) -> PeerKey:
+def peer_lookup_key(
+    iface: int, direction: Direction, gen: int, family: int, addr: bytes
+) -> PeerKey:
     """A full-length key, as the datapath builds it to look a packet up."""
     width = 8 * len(addr)
     return peer_key(iface, direction, gen, (family, addr, width))
@@ -345,7 +392,12 @@ def peer_lookup_key(iface: int, direction: Direction, gen: int, family: int, add
 
 def unpack_peer_key(k: PeerKey) -> tuple[int, Direction, int, PeerEntry]:
     n = _ADDR_LEN[k.family]
-    return k.iface, Direction(k.dir), k.gen, (k.family, bytes(k.addr[:n]), k.prefixlen - PEER_FIXED_BITS)
+    return (
+        k.iface,
+        Direction(k.dir),
+        k.gen,
+        (k.family, bytes(k.addr[:n]), k.prefixlen - PEER_FIXED_BITS),
+    )
 
 
 def port_key(iface: int, direction: Direction, gen: int, entry: PortEntry) -> PortKey:
@@ -356,12 +408,23 @@ def port_key(iface: int, direction: Direction, gen: int, entry: PortEntry) -> Po
         raise ValueError(f"port {entry!r}: port/prefixlen out of range")
     if port & ((1 << (16 - plen)) - 1):
         raise ValueError(f"port {entry!r}: bits set past the port prefix")
-    return PortKey(prefixlen=PORT_FIXED_BITS + plen, iface=iface, gen=gen, dir=direction,
-                   proto=proto, port_be=_htons(port))
+    return PortKey(
+        prefixlen=PORT_FIXED_BITS + plen,
+        iface=iface,
+        gen=gen,
+        dir=direction,
+        proto=proto,
+        port_be=_htons(port),
+    )
 
 
 def unpack_port_key(k: PortKey) -> tuple[int, Direction, int, PortEntry]:
-    return k.iface, Direction(k.dir), k.gen, (k.proto, _htons(k.port_be), k.prefixlen - PORT_FIXED_BITS)
+    return (
+        k.iface,
+        Direction(k.dir),
+        k.gen,
+        (k.proto, _htons(k.port_be), k.prefixlen - PORT_FIXED_BITS),
+    )
 
 
 def check_mask(mask: int, what: str) -> int:
@@ -381,7 +444,7 @@ def _fmt_peer(entry: PeerEntry) -> str:
 
 # -- C header rendering --------------------------------------------------------
 
-_C_SCALAR = {
+_C_SCALAR: dict[type, str] = {
     ct.c_uint8: "__u8",
     ct.c_uint16: "__u16",
     ct.c_uint32: "__u32",
@@ -392,8 +455,13 @@ _C_SCALAR = {
 
 def _c_field(name: str, ctype: type) -> str:
     if issubclass(ctype, ct.Array):
-        return f"{_C_SCALAR[ctype._type_]} {name}[{ctype._length_}]"
+        elem = cast(type, ctype._type_)
+        return f"{_C_SCALAR[elem]} {name}[{ctype._length_}]"
     return f"{_C_SCALAR[ctype]} {name}"
+
+
+def _fields(st: type[ct.Structure]) -> list[tuple[str, type]]:
+    return [(f[0], f[1]) for f in st._fields_]
 
 
 def _constants() -> list[tuple[str, int]]:
@@ -434,15 +502,15 @@ def render_c_header() -> str:
     out.append("")
     for cname, st in STRUCTS.items():
         out.append(f"struct {cname} {{")
-        for fname, ftype in st._fields_:
+        for fname, ftype in _fields(st):
             out.append(f"    {_c_field(fname, ftype)};")
         out.append("};")
-        out.append(f"_Static_assert(sizeof(struct {cname}) == {ct.sizeof(st)}, \"{cname} size\");")
-        for fname, _ in st._fields_:
+        out.append(f'_Static_assert(sizeof(struct {cname}) == {ct.sizeof(st)}, "{cname} size");')
+        for fname, _ in _fields(st):
             off = getattr(st, fname).offset
             out.append(
                 f"_Static_assert(__builtin_offsetof(struct {cname}, {fname}) == {off}, "
-                f"\"{cname}.{fname} offset\");"
+                f'"{cname}.{fname} offset");'
             )
         out.append("")
     out.append("/* Maps, each pinned as NW_PIN_DIR/<name>: bcc reuses a pinned map when")
@@ -451,8 +519,8 @@ def render_c_header() -> str:
     out.append("#define NW_DECLARE_MAPS \\")
     for spec in MAPS:
         out.append(
-            f"    BPF_TABLE_PINNED(\"{spec.bcc_type}\", {spec.key}, {spec.value}, {spec.name}, "
-            f"{spec.max_entries}, NW_PIN_DIR \"/{spec.name}\", {spec.flags}); \\"
+            f'    BPF_TABLE_PINNED("{spec.bcc_type}", {spec.key}, {spec.value}, {spec.name}, '
+            f'{spec.max_entries}, NW_PIN_DIR "/{spec.name}", {spec.flags}); \\'
         )
     out.append("    /* end of maps */")
     out.append("")

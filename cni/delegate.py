@@ -57,6 +57,9 @@ def run_plugin(
     """Run ``plugin_type`` for ``command``; the parsed stdout for ADD and
     VERSION, None for the commands whose success prints nothing.
 
+    ``env`` is the child's whole environment, with CNI_COMMAND replaced: pass
+    the request's own (CniRequest.env), which is what the runtime gave us.
+
     Raises CniError: the delegate's own code and message (prefixed with its
     name) when it reports one, 11 on timeout, 999 when its output is not CNI.
     """

@@ -31,14 +31,16 @@ class CniBackend(Protocol):
     or any agent error (mapped through ERROR_TABLE)."""
 
     def add(self, request: CniRequest) -> Result:
-        """Attach and return the result (rendered in the request's version)."""
+        """Attach and return the result; handle() renders it in the request's version."""
         ...
 
     def delete(self, request: CniRequest) -> None:
         """Idempotent: succeeds when the attachment or the netns is already gone."""
         ...
 
-    def check(self, request: CniRequest) -> None: ...
+    def check(self, request: CniRequest) -> None:
+        """Raise when what ADD set up (or its IPAM reservation) is missing."""
+        ...
 
     def status(self, request: CniRequest) -> CniError | None:
         """None when ADD can be served; otherwise a code 50 or 51 error."""
@@ -71,6 +73,12 @@ def handle_invocation(env: Mapping[str, str], stdin: str, backend: CniBackend) -
         request = parse_request(env, stdin)
     except CniError as err:
         return _error(err, error_version(stdin))
+    except Exception as err:
+        log.exception("parsing a CNI request failed unexpectedly")
+        internal = CniError(
+            INTERNAL, f"internal error parsing the request: {type(err).__name__}: {err}"
+        )
+        return _error(internal, error_version(stdin))
     for warning in request.warnings:
         log.warning(
             "CNI %s %s/%s: %s", request.command, request.container_id, request.ifname, warning

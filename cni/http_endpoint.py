@@ -35,6 +35,7 @@ READY_PATH = "/v1/ready"
 EXIT_CODE_HEADER = "X-CNI-Exit-Code"
 MAX_REQUEST_BYTES = 1 << 20  # a CNI config is a few KiB; a prevResult adds little
 _REQUEST_READ_TIMEOUT = 30.0  # a client that stalls mid-request must not pin a thread
+_SHUTDOWN_POLL = 0.1  # how long stop() may wait for the accept loop to notice
 
 
 class _Server(socketserver.ThreadingUnixStreamServer):
@@ -209,6 +210,7 @@ class CniHttpServer:
         self._server = _Server(self.socket_path, self._handler, self._ready, self._max_bytes)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
+            args=(_SHUTDOWN_POLL,),
             name=f"cni-http {self.socket_path}",
             daemon=True,
         )

@@ -74,7 +74,7 @@ def _on_off(config: Mapping[str, Any], key: str) -> bool | None:
 
 
 def normalize_mac(key: str, value: object) -> str:
-    if not isinstance(value, str) or not _MAC_RE.match(value):
+    if not isinstance(value, str) or not _MAC_RE.fullmatch(value):
         raise _bad(key, value, "is not a MAC address (xx:xx:xx:xx:xx:xx)")
     mac = value.lower().replace("-", ":")
     first = int(mac[:2], 16)

@@ -227,7 +227,7 @@ def _require_env(command: Command, env: Mapping[str, str]) -> None:
 
 
 def _check_container_id(container_id: str) -> None:
-    if not _ID_RE.match(container_id):
+    if not _ID_RE.fullmatch(container_id):
         raise CniError(
             INVALID_ENVIRONMENT,
             f"CNI_CONTAINERID {container_id!r} is invalid: it must match {_ID_RE.pattern}",
@@ -284,7 +284,7 @@ def _network_name(config: Mapping[str, Any]) -> str:
     name = config.get("name")
     if not isinstance(name, str) or not name:
         raise CniError(INVALID_CONFIG, f"name: {json_repr(name)} is missing or not a string")
-    if not _ID_RE.match(name):
+    if not _ID_RE.fullmatch(name):
         raise CniError(INVALID_CONFIG, f"name: {name!r} is invalid: it must match {_ID_RE.pattern}")
     return name
 
@@ -307,7 +307,7 @@ def _runtime_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def normalize_pci_address(key: str, value: object) -> str:
     """``DDDD:BB:DD.F`` in lower case; a bare ``BB:DD.F`` gets domain 0000."""
-    match = _PCI_RE.match(value) if isinstance(value, str) else None
+    match = _PCI_RE.fullmatch(value) if isinstance(value, str) else None
     if not match:
         raise CniError(
             INVALID_CONFIG,

@@ -50,6 +50,7 @@ DECODE_FAILURE = 6
 INVALID_ENVIRONMENT = 4
 INVALID_CONFIG = 7
 TRY_AGAIN_LATER = 11
+NOT_AVAILABLE = 50
 INTERNAL = 999
 
 
@@ -71,8 +72,7 @@ def main() -> int:
     command = env.get("CNI_COMMAND", "")
     version = CURRENT_VERSION
     try:
-        stdin = _read_stdin()
-        config, decode_error = _decode(stdin)
+        stdin, config, decode_error = _read_config()
         version = _input_version(config, stdin) or version
         if command == "VERSION":
             _write(_json(_version_answer(config)))
@@ -104,25 +104,22 @@ def main() -> int:
 _UNDECODABLE = object()
 
 
-def _read_stdin() -> str:
+def _read_config() -> tuple[str, object, str]:
+    """stdin as text, the decoded config (or _UNDECODABLE) and why not."""
     try:
         data = sys.stdin.buffer.read() if sys.stdin is not None else b""
     except OSError as err:
         raise ShimError(IO_FAILURE, f"reading the network config from stdin: {err}") from None
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ShimError(
-            DECODE_FAILURE, f"the network config on stdin is not UTF-8: {err}"
-        ) from None
-
-
-def _decode(stdin: str) -> tuple[object, str]:
-    """The config and "", or _UNDECODABLE and why."""
+        # Kept readable (not raised) so VERSION still answers and the error
+        # can carry the version found in the rest of the text.
+        return data.decode("utf-8", "replace"), _UNDECODABLE, f"not UTF-8: {err}"
     try:
-        return json.loads(stdin), ""
+        return text, json.loads(text), ""
     except ValueError as err:
-        return _UNDECODABLE, str(err) or "not JSON"
+        return text, _UNDECODABLE, str(err) or "not JSON"
 
 
 def _input_version(config: object, stdin: str) -> str | None:
@@ -275,6 +272,9 @@ def _unavailable(command: str, env: dict[str, str], path: str, reason: str) -> S
             f"could not confirm that attachment {attachment} was removed: {where}",
             "DEL must be retried once the agent is running",
         )
+    if command == "STATUS":
+        # C28: a runtime reads a STATUS failure as 50/51 ("cannot serve ADD").
+        return ShimError(NOT_AVAILABLE, where)
     return ShimError(TRY_AGAIN_LATER, where)
 
 

@@ -214,7 +214,9 @@ def _parse_pool(entry: object, default_prefix: str, issues: _Issues) -> PoolConf
     elif problem := validate_prefix(prefix):
         issues.add("resourcePrefix", prefix, problem)
     device_type = entry.get("deviceType", DEFAULT_DEVICE_TYPE)
-    if device_type in _UNSUPPORTED_DEVICE_TYPES:
+    if not isinstance(device_type, str):
+        issues.add("deviceType", device_type, "must be a string")
+    elif device_type in _UNSUPPORTED_DEVICE_TYPES:
         issues.add("deviceType", device_type, "not supported on this agent (only 'netDevice')")
     elif device_type != DEFAULT_DEVICE_TYPE:
         issues.add("deviceType", device_type, "unknown device type (only 'netDevice')")

@@ -231,12 +231,9 @@ class DevicePluginManager:
         VF's current driver and IOMMU group, not the last pushed ones)."""
         inventory = self._source.snapshot()
         with self._lock:
-            current = self._inventory
-            same = current is not None and (
-                inventory is current
-                or (inventory.generation != 0 and inventory.generation == current.generation)
-            )
-            if not same:
+            # Usually the very object already evaluated; equality is the
+            # fallback for sources that build a new snapshot per call.
+            if inventory is not self._inventory and inventory != self._inventory:
                 self._inventory = inventory
                 self._states = self._evaluate()
                 self._push()
@@ -273,7 +270,7 @@ class DevicePluginManager:
         pool = _Pool(server, Registration(self._backoff))
         try:
             server.start()
-        except (OSError, RuntimeError) as err:
+        except (OSError, RuntimeError, ValueError) as err:
             # Kept in the table so the watch loop retries and status shows why.
             pool.registration.last_error = f"cannot serve {server.socket_path}: {err}"
             log.error("%s", pool.registration.last_error)
@@ -332,7 +329,7 @@ class DevicePluginManager:
             reg.kubelet_identity = kubelet
             try:
                 server.start()
-            except (OSError, RuntimeError) as err:
+            except (OSError, RuntimeError, ValueError) as err:
                 reg.last_error = f"cannot serve {server.socket_path}: {err}"
                 log.error("%s", reg.last_error)
                 return

@@ -74,7 +74,6 @@ class PoolServer:
     ) -> None:
         self.config = state.config
         self.socket_path = kubelet_dir / socket_name(state.config.name)
-        unix_target(self.socket_path)  # fail at construction on an over-long path
         self._paths = paths
         self._device_info_dir = device_info_dir
         self._recorder = recorder
@@ -93,6 +92,7 @@ class PoolServer:
     # -- lifecycle -------------------------------------------------------
 
     def start(self) -> None:
+        unix_target(self.socket_path)  # ValueError on a path too long for sun_path
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()  # a stale socket from a previous run
         with self._cond:
@@ -102,7 +102,13 @@ class PoolServer:
         if server.add_insecure_port(f"unix:{self.socket_path}") == 0:
             raise OSError(f"cannot listen on {self.socket_path}")
         server.start()
-        os.chmod(self.socket_path, 0o600)  # root-only, like every agent socket
+        try:
+            # Root-only like every agent socket. Between bind and chmod the
+            # umask decides; the kubelet directory's own mode guards that instant.
+            os.chmod(self.socket_path, 0o600)
+        except OSError:
+            server.stop(0)  # e.g. kubelet wiped the directory just now: retried later
+            raise
         self._server = server
         self._socket_identity = file_identity(self.socket_path)
         log.info("device plugin %s serving on %s", self.config.resource, self.socket_path)

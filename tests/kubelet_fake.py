@@ -35,7 +35,12 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 def is_extended_resource_name(name: str) -> bool:
     """Kubelet's IsExtendedResourceName: ``<domain>/<name>`` outside kubernetes.io."""
     domain, slash, rest = name.partition("/")
-    if not slash or not _DNS_SUBDOMAIN.match(domain) or not _QUALIFIED.match(rest) or len(rest) > 63:
+    if (
+        not slash
+        or not _DNS_SUBDOMAIN.match(domain)
+        or not _QUALIFIED.match(rest)
+        or len(rest) > 63
+    ):
         return False
     return domain != "kubernetes.io" and not domain.endswith(".kubernetes.io")
 
@@ -67,6 +72,8 @@ class PluginConnection:
                     self._cond.notify_all()
         except grpc.RpcError as err:
             self.stream_error = err
+        except ValueError:  # closed by close() before the stream opened
+            pass
         finally:
             with self._cond:
                 self.stream_ended = True
@@ -86,7 +93,9 @@ class PluginConnection:
             )
             if not ok:
                 last = self.updates[-1][1] if self.updates else None
-                raise AssertionError(f"{self.resource}: no matching ListAndWatch update; last={last}")
+                raise AssertionError(
+                    f"{self.resource}: no matching ListAndWatch update; last={last}"
+                )
             return self.updates[-1][1]
 
     def wait_ended(self, timeout: float = 5.0) -> bool:
@@ -95,7 +104,9 @@ class PluginConnection:
 
     def allocate(self, *containers: Iterable[str]) -> api_pb2.AllocateResponse:
         request = api_pb2.AllocateRequest(
-            container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=list(c)) for c in containers]
+            container_requests=[
+                api_pb2.ContainerAllocateRequest(devices_ids=list(c)) for c in containers
+            ]
         )
         return self.stub.Allocate(request, timeout=5)
 
@@ -111,7 +122,9 @@ class PluginConnection:
                 )
             ]
         )
-        return list(self.stub.GetPreferredAllocation(request, timeout=5).container_responses[0].deviceIDs)
+        return list(
+            self.stub.GetPreferredAllocation(request, timeout=5).container_responses[0].deviceIDs
+        )
 
     def close(self) -> None:
         if self._stream is not None:
@@ -124,7 +137,9 @@ class _Registration(api_pb2_grpc.RegistrationServicer):
     def __init__(self, kubelet: FakeKubelet) -> None:
         self.kubelet = kubelet
 
-    def Register(self, request: api_pb2.RegisterRequest, context: grpc.ServicerContext) -> api_pb2.Empty:  # noqa: N802
+    def Register(
+        self, request: api_pb2.RegisterRequest, context: grpc.ServicerContext
+    ) -> api_pb2.Empty:  # noqa: N802
         return self.kubelet._register(request, context)
 
 
@@ -162,16 +177,20 @@ class FakeKubelet:
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
 
-    def restart(self) -> None:
-        """Like a kubelet restart: forget plugins, delete every socket, serve anew."""
+    def restart(self, wipe: bool = True) -> None:
+        """Like a kubelet restart: forget plugins, delete every socket (unless
+        ``wipe`` is False), serve anew on a new kubelet.sock."""
         self.stop()
-        for entry in self.plugin_dir.iterdir():
-            if stat.S_ISSOCK(entry.lstat().st_mode):
-                entry.unlink()
+        if wipe:
+            for entry in self.plugin_dir.iterdir():
+                if stat.S_ISSOCK(entry.lstat().st_mode):
+                    entry.unlink()
         self.start()
 
     # -- registration --
-    def _register(self, request: api_pb2.RegisterRequest, context: grpc.ServicerContext) -> api_pb2.Empty:
+    def _register(
+        self, request: api_pb2.RegisterRequest, context: grpc.ServicerContext
+    ) -> api_pb2.Empty:
         with self._cond:
             self.attempts.append(request)
             self._cond.notify_all()
@@ -181,9 +200,13 @@ class FakeKubelet:
         if request.version != "v1beta1":
             context.abort(grpc.StatusCode.UNKNOWN, f"unsupported version {request.version!r}")
         if not is_extended_resource_name(request.resource_name):
-            context.abort(grpc.StatusCode.UNKNOWN, f"invalid resource name {request.resource_name!r}")
+            context.abort(
+                grpc.StatusCode.UNKNOWN, f"invalid resource name {request.resource_name!r}"
+            )
         if "/" in request.endpoint or not (self.plugin_dir / request.endpoint).exists():
-            context.abort(grpc.StatusCode.UNKNOWN, f"endpoint {request.endpoint!r} not in {self.plugin_dir}")
+            context.abort(
+                grpc.StatusCode.UNKNOWN, f"endpoint {request.endpoint!r} not in {self.plugin_dir}"
+            )
         # Like kubelet: answer first, connect back asynchronously.
         threading.Thread(target=self._connect, args=(request,), daemon=True).start()
         return api_pb2.Empty()
@@ -198,11 +221,15 @@ class FakeKubelet:
         if old is not None:
             old.close()
 
-    def wait_for_registration(self, resource: str, count: int = 1, timeout: float = 5.0) -> PluginConnection:
+    def wait_for_registration(
+        self, resource: str, count: int = 1, timeout: float = 5.0
+    ) -> PluginConnection:
         """Wait until ``resource`` has registered ``count`` times; its connection."""
         with self._cond:
             ok = self._cond.wait_for(
-                lambda: sum(1 for _, r in self.registrations if r.resource_name == resource) >= count,
+                lambda: (
+                    sum(1 for _, r in self.registrations if r.resource_name == resource) >= count
+                ),
                 timeout=timeout,
             )
             if not ok:
@@ -212,7 +239,9 @@ class FakeKubelet:
     def wait_for_attempts(self, count: int, timeout: float = 10.0) -> None:
         with self._cond:
             if not self._cond.wait_for(lambda: len(self.attempts) >= count, timeout=timeout):
-                raise AssertionError(f"only {len(self.attempts)} registration attempts in {timeout}s")
+                raise AssertionError(
+                    f"only {len(self.attempts)} registration attempts in {timeout}s"
+                )
 
 
 # -- inventory doubles ---------------------------------------------------------
@@ -240,11 +269,13 @@ class MemoryInventory:
 
         return unsubscribe
 
-    def publish(self, inventory: Inventory) -> None:
+    def publish(self, inventory: Inventory, notify: bool = True) -> None:
+        """Make ``inventory`` current (next generation); ``notify=False`` changes
+        the snapshot without telling subscribers, to prove who reads it."""
         with self._lock:
             inventory = replace(inventory, generation=self._inventory.generation + 1)
             self._inventory = inventory
-            subscribers = list(self._subscribers)
+            subscribers = list(self._subscribers) if notify else []
         for callback in subscribers:
             callback(inventory)
 
@@ -254,8 +285,12 @@ class MemoryInventory:
             return len(self._subscribers)
 
 
-def netdev(name: str, operstate: str = "up", link_type: str = "ether", ifindex: int = 10) -> NetdevState:
-    return NetdevState(name, "02:00:00:00:00:01", 1500, operstate, operstate == "up", link_type, ifindex)
+def netdev(
+    name: str, operstate: str = "up", link_type: str = "ether", ifindex: int = 10
+) -> NetdevState:
+    return NetdevState(
+        name, "02:00:00:00:00:01", 1500, operstate, operstate == "up", link_type, ifindex
+    )
 
 
 @dataclass
@@ -347,7 +382,9 @@ def short_tmpdir(prefix: str = "nw") -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.02) -> float:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.02
+) -> float:
     """Poll ``predicate``; return the seconds it took, or raise on timeout."""
     start = time.monotonic()
     while not predicate():

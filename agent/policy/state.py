@@ -30,6 +30,9 @@ class ClusterState:
         # networks they name, so compile scans one network's pods, not all.
         self._pods_by_network: dict[str, set[str]] = defaultdict(set)
         self._policies_by_ns: dict[str, set[str]] = defaultdict(set)
+        # pods_on() runs once per peer per rule per target: keep its sorted,
+        # filtered answer until a pod on that network changes.
+        self._peer_cache: dict[str, list[Pod]] = {}
         for obj in objects:
             self.put(obj)
 
@@ -53,6 +56,7 @@ class ClusterState:
             self.pods[obj.key] = obj
             for network in obj.network_keys():
                 self._pods_by_network[network].add(obj.key)
+                self._peer_cache.pop(network, None)
         elif isinstance(obj, NetworkAttachmentDefinition):
             self.nads[obj.key] = obj
         else:
@@ -69,6 +73,7 @@ class ClusterState:
             del self.pods[key]
             for network in old.network_keys():
                 self._pods_by_network[network].discard(key)
+                self._peer_cache.pop(network, None)
         elif isinstance(old, NetworkAttachmentDefinition):
             del self.nads[key]
         elif isinstance(old, MultiNetworkPolicy):
@@ -77,9 +82,13 @@ class ClusterState:
         return old
 
     def pods_on(self, network: str) -> list[Pod]:
-        """Peer candidates with at least one entry on ``network``, in a stable order."""
-        pods = (self.pods[k] for k in sorted(self._pods_by_network.get(network, ())))
-        return [p for p in pods if p.is_peer_candidate]
+        """Peer candidates with at least one entry on ``network``, in a stable
+        order. The list is shared: callers must not mutate it."""
+        cached = self._peer_cache.get(network)
+        if cached is None:
+            pods = (self.pods[k] for k in sorted(self._pods_by_network.get(network, ())))
+            cached = self._peer_cache[network] = [p for p in pods if p.is_peer_candidate]
+        return cached
 
     def policies_in(self, namespace: str) -> list[MultiNetworkPolicy]:
         return [self.policies[k] for k in sorted(self._policies_by_ns.get(namespace, ()))]

@@ -17,15 +17,16 @@ is free; we restore the original name, so DEL must find VFs by PCI address.)
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from nicwarden.agent.errors import NicwardenError
+from nicwarden.agent.errors import ConfigError, NicwardenError
 from nicwarden.agent.host.events import EventCallback, HostEvent, LinkMonitor
 from nicwarden.agent.host.netlink import Netlink
 from nicwarden.agent.host.paths import HostPaths
@@ -52,11 +53,21 @@ class _VfState:
 
 
 class SimulatedNode:
-    def __init__(self, spec: SimSpec, root: Path | None = None, prefix: str = "nws") -> None:
+    def __init__(
+        self,
+        spec: SimSpec,
+        root: Path | None = None,
+        prefix: str = "nws",
+        keep: bool = False,
+    ) -> None:
+        """``root`` None: a temp tree removed at stop. A given ``root`` that
+        already holds a node (``keep=True`` left it) is adopted, as a restarted
+        agent finds a real node: same devices, VFs still in their pods."""
         if not (1 <= len(prefix) <= 5 and prefix.isalnum()):
-            raise ValueError("sim prefix must be 1-5 alphanumeric characters")
+            raise ConfigError(f"sim prefix {prefix!r}: expected 1-5 letters or digits")
         self.spec = spec
         self.prefix = prefix
+        self.keep = keep
         self._own_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="nicwarden-sim-")) if root is None else root
         self.paths = HostPaths(sys=self.root / "sys", dev=self.root / "dev")
@@ -100,24 +111,74 @@ class SimulatedNode:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    @property
+    def _state_file(self) -> Path:
+        return self.root / "sim-state.json"
+
     def start(self) -> SimulatedNode:
         try:
-            self._build_static_tree()
             self._monitor = LinkMonitor(self._on_link_event).start()
             with self._lock:
-                for i, pf in enumerate(self.spec.pfs):
-                    self._make_pf(i)
-                    if pf.num_vfs:
-                        self._create_vfs(i, pf.num_vfs)
+                if self._state_file.exists():
+                    self._adopt()
+                else:
+                    self._build_static_tree()
+                    for i, pf in enumerate(self.spec.pfs):
+                        self._make_pf(i)
+                        if pf.num_vfs:
+                            self._create_vfs(i, pf.num_vfs)
+                self._save()
         except BaseException:
+            self.keep = False
             self.stop()
             raise
         return self
+
+    def _save(self) -> None:
+        state = {
+            "prefix": self.prefix,
+            "next_group": self._next_group,
+            "links": self._links,
+            "vfs": [asdict(st) for st in self._vfs.values()],
+        }
+        tmp = self._state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        os.replace(tmp, self._state_file)
+
+    def _adopt(self) -> None:
+        state = json.loads(self._state_file.read_text())
+        if state.get("prefix") != self.prefix:
+            raise ConfigError(
+                f"simulated node at {self.root} uses prefix {state.get('prefix')!r},"
+                f" not {self.prefix!r}"
+            )
+        self._next_group = int(state["next_group"])
+        self._links = list(state["links"])
+        self._vfs = {d["address"]: _VfState(**d) for d in state["vfs"]}
+        # Whatever happened while no agent watched: a VF moved away or back,
+        # or its pod's netns died (the wire is gone with it).
+        for st in self._vfs.values():
+            if st.where == "none":
+                continue
+            link = self.net.link(st.name)
+            wire = self.net.link(self._wire(st.name))
+            if link is not None:
+                st.where, st.ifindex = "host", link.index
+            elif wire is not None:
+                st.where = "away"
+            else:
+                log.info("sim: %s's netns died while unwatched; returning it", st.address)
+                self._make_vf_netdev(st)
+        log.info("sim: adopted node", extra={"root": str(self.root), "vfs": len(self._vfs)})
 
     def stop(self) -> None:
         if self._monitor is not None:
             self._monitor.stop()
             self._monitor = None
+        if self.keep:
+            with self._lock:
+                self._save()
+            return
         with self._lock:
             for name in reversed(self._links):
                 try:
@@ -293,6 +354,9 @@ class SimulatedNode:
             self._write(Path(os.path.realpath(path)), value.strip())
         except OSError as e:
             raise translate_write_error(e, path, value) from e
+        finally:
+            with self._lock:
+                self._save()
 
     def _write(self, path: Path, value: str) -> None:
         sys_root = Path(os.path.realpath(self.paths.sys))
@@ -381,6 +445,8 @@ class SimulatedNode:
                 self._seen_in_host(ev)
             elif ev.action == "dellink":
                 self._gone_from_host(ev)
+            if self._state_file.parent.exists():
+                self._save()
 
     def _seen_in_host(self, ev: HostEvent) -> None:
         prefix = f"nwsim:{self.prefix}:"

@@ -4,72 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
-import sys
-import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.agent_proc import AGENT, CTL, Running, start_agent, stop_agent
 from tests.conftest import run
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
-
-BIN = Path(sys.executable).parent
-AGENT, CTL = str(BIN / "nicwarden-agent"), str(BIN / "nicwardenctl")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Running:
-    proc: subprocess.Popen[str]
-    sock: Path
-    prefix: str
-    metrics_port: int
-
-    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [CTL, "--socket", str(self.sock), *args], capture_output=True, text=True, timeout=30
-        )
-
-
-def start_agent(tmp: Path, *extra: str, prefix: str | None = None) -> Running:
-    prefix = prefix or "e" + uuid.uuid4().hex[:4]
-    sock = tmp / "run" / "agent.sock"
-    port = free_port()
-    cmd = [
-        AGENT, "--simulate", "2x8", "--sim-prefix", prefix, "--state-dir", str(tmp / "state"),
-        "--socket", str(sock), "--cni-socket", str(tmp / "run" / "cni.sock"),
-        "--metrics-port", str(port), *extra,
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    r = Running(proc, sock, prefix, port)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"agent exited {proc.returncode}: {proc.stderr.read()}")
-        if sock.exists() and r.ctl("version").returncode == 0:
-            return r
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("agent did not become ready")
-
-
-def stop_agent(r: Running) -> str:
-    if r.proc.poll() is None:
-        r.proc.send_signal(signal.SIGTERM)
-        r.proc.wait(timeout=20)
-    return r.proc.stderr.read() if r.proc.stderr else ""
 
 
 def links_with(prefix: str) -> list[str]:
@@ -105,15 +50,25 @@ def test_query_and_graceful_stop(agent: Running) -> None:
     assert agent.ctl("device", "18:01.3").returncode == 0
 
     missing = agent.ctl("device", "0000:99:00.0")
-    assert missing.returncode == 1 and "not_found" in missing.stderr and "0000:99:00.0" in missing.stderr
+    assert (
+        missing.returncode == 1
+        and "not_found" in missing.stderr
+        and "0000:99:00.0" in missing.stderr
+    )
 
     health = agent.ctl("health")
     assert health.returncode == 0 and "inventory" in health.stdout
     assert "simulated" in agent.ctl("version").stdout
 
     metrics = subprocess.run(
-        ["python3", "-c", f"import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:{agent.metrics_port}/metrics').read().decode())"],
-        capture_output=True, text=True, check=True,
+        [
+            "python3",
+            "-c",
+            f"import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:{agent.metrics_port}/metrics').read().decode())",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert 'nicwarden_devices{role="vf"} 16.0' in metrics
 
@@ -123,14 +78,30 @@ def test_query_and_graceful_stop(agent: Running) -> None:
     assert agent.proc.returncode == 0, log
     assert not agent.sock.exists()
     assert links_with(agent.prefix) == []
-    assert any(json.loads(line).get("msg") == "stopped" for line in log.splitlines() if line.startswith("{"))
+    assert any(
+        json.loads(line).get("msg") == "stopped"
+        for line in log.splitlines()
+        if line.startswith("{")
+    )
 
 
 def test_second_agent_on_a_live_socket_is_refused(agent: Running, tmp_path: Path) -> None:
     other = subprocess.run(
-        [AGENT, "--simulate", "1x1", "--sim-prefix", "x" + agent.prefix[1:],
-         "--state-dir", str(tmp_path / "state2"), "--socket", str(agent.sock), "--no-metrics"],
-        capture_output=True, text=True, timeout=30,
+        [
+            AGENT,
+            "--simulate",
+            "1x1",
+            "--sim-prefix",
+            "x" + agent.prefix[1:],
+            "--state-dir",
+            str(tmp_path / "state2"),
+            "--socket",
+            str(agent.sock),
+            "--no-metrics",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert other.returncode == 1 and "in use by a running nicwarden agent" in other.stderr
     assert agent.ctl("version").returncode == 0  # the first one is unharmed
@@ -171,9 +142,19 @@ def test_bad_config_file_exit_2_names_key(tmp_path: Path) -> None:
 def test_missing_sysfs_root_fails_cleanly(tmp_path: Path) -> None:
     sock = tmp_path / "run" / "agent.sock"
     r = subprocess.run(
-        [AGENT, "--sysfs-root", str(tmp_path / "nosys"), "--state-dir", str(tmp_path / "s"),
-         "--socket", str(sock), "--no-metrics"],
-        capture_output=True, text=True, timeout=30,
+        [
+            AGENT,
+            "--sysfs-root",
+            str(tmp_path / "nosys"),
+            "--state-dir",
+            str(tmp_path / "s"),
+            "--socket",
+            str(sock),
+            "--no-metrics",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert r.returncode == 1 and "sysfs root" in r.stderr
     assert not sock.exists()
@@ -183,9 +164,19 @@ def test_unwritable_state_dir_fails_cleanly(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
     r = subprocess.run(
-        [AGENT, "--simulate", "1x1", "--state-dir", str(blocker / "state"),
-         "--socket", str(tmp_path / "a.sock"), "--no-metrics"],
-        capture_output=True, text=True, timeout=30,
+        [
+            AGENT,
+            "--simulate",
+            "1x1",
+            "--state-dir",
+            str(blocker / "state"),
+            "--socket",
+            str(tmp_path / "a.sock"),
+            "--no-metrics",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert r.returncode == 1 and str(blocker) in r.stderr
     assert not (tmp_path / "a.sock").exists()
@@ -194,8 +185,12 @@ def test_unwritable_state_dir_fails_cleanly(tmp_path: Path) -> None:
 def test_sigterm_while_clients_query(agent: Running) -> None:
     env = dict(os.environ)
     queries = [
-        subprocess.Popen([CTL, "--socket", str(agent.sock), "devices"], env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.Popen(
+            [CTL, "--socket", str(agent.sock), "devices"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for _ in range(5)
     ]
     stop_agent(agent)

@@ -47,9 +47,7 @@ def live(sim: SimulatedNode) -> Iterator[LiveInventory]:
     inv.stop()
 
 
-def wait_for(
-    inv: LiveInventory, pred: Callable[[Inventory], bool], timeout: float = 1.0
-) -> float:
+def wait_for(inv: LiveInventory, pred: Callable[[Inventory], bool], timeout: float = 1.0) -> float:
     """Seconds until ``pred`` holds for a published snapshot; fails after timeout."""
     hit = threading.Event()
     start = time.monotonic()
@@ -63,7 +61,9 @@ def wait_for(
         unsub()
 
 
-def test_two_pfs_eight_vfs_inventory_matches_kernel(sim: SimulatedNode, live: LiveInventory) -> None:
+def test_two_pfs_eight_vfs_inventory_matches_kernel(
+    sim: SimulatedNode, live: LiveInventory
+) -> None:
     inv = live.snapshot()
     assert [pf.name for pf in inv.pfs] == [sim.pf_name(0), sim.pf_name(1)]
     assert [len(pf.vfs) for pf in inv.pfs] == [8, 8]
@@ -89,8 +89,12 @@ def test_deleted_vf_netdev_is_seen_within_a_second(sim: SimulatedNode, live: Liv
 
 def test_link_down_is_seen(sim: SimulatedNode, live: LiveInventory) -> None:
     run("ip", "link", "set", sim.vf_name(1, 0), "down")
-    wait_for(live, lambda s: s.pfs[1].vfs[0].fn.netdev is not None
-             and s.pfs[1].vfs[0].fn.netdev.operstate == "down")
+    wait_for(
+        live,
+        lambda s: (
+            s.pfs[1].vfs[0].fn.netdev is not None and s.pfs[1].vfs[0].fn.netdev.operstate == "down"
+        ),
+    )
 
 
 def test_numvfs_follows_kernel_rules_and_is_seen(sim: SimulatedNode, live: LiveInventory) -> None:

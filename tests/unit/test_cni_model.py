@@ -14,7 +14,7 @@ from nicwarden.cni.args import parse_cni_args
 from nicwarden.cni.dispatch import handle, handle_invocation
 from nicwarden.cni.errors import CniError, from_nicwarden_error
 from nicwarden.cni.options import SriovOptions, parse_sriov_options
-from nicwarden.cni.request import Attachment, Command, CniRequest, parse_request
+from nicwarden.cni.request import Attachment, CniRequest, Command, parse_request
 from nicwarden.cni.result import Interface, IPConfig, Result
 from nicwarden.cni.version import SUPPORTED_VERSIONS
 
@@ -48,14 +48,18 @@ def make_conf(version: str = "1.1.0", **extra: Any) -> dict[str, Any]:
     return conf
 
 
-def parse(command: str = "ADD", conf: dict[str, Any] | None = None, **env: str | None) -> CniRequest:
+def parse(
+    command: str = "ADD", conf: dict[str, Any] | None = None, **env: str | None
+) -> CniRequest:
     conf = make_conf() if conf is None else conf
     if command == "GC":
         conf.setdefault("cni.dev/valid-attachments", [])
     return parse_request(make_env(command, **env), json.dumps(conf))
 
 
-def parse_error(command: str = "ADD", conf: Any = None, stdin: str | None = None, **env: str | None) -> CniError:
+def parse_error(
+    command: str = "ADD", conf: Any = None, stdin: str | None = None, **env: str | None
+) -> CniError:
     if stdin is None:
         stdin = json.dumps(make_conf() if conf is None else conf)
     with pytest.raises(CniError) as info:
@@ -66,13 +70,21 @@ def parse_error(command: str = "ADD", conf: Any = None, stdin: str | None = None
 # ------------------------------------------------------ versions x commands
 
 # (command, minimum version per SPEC: CHECK 0.4.0, STATUS/GC 1.1.0)
-COMMAND_MINIMUM = {"ADD": "0.3.1", "DEL": "0.3.1", "CHECK": "0.4.0", "STATUS": "1.1.0", "GC": "1.1.0"}
+COMMAND_MINIMUM = {
+    "ADD": "0.3.1",
+    "DEL": "0.3.1",
+    "CHECK": "0.4.0",
+    "STATUS": "1.1.0",
+    "GC": "1.1.0",
+}
 
 
 @pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
 @pytest.mark.parametrize("command", sorted(COMMAND_MINIMUM))
 def test_every_version_and_command(version: str, command: str) -> None:
-    allowed = SUPPORTED_VERSIONS.index(version) >= SUPPORTED_VERSIONS.index(COMMAND_MINIMUM[command])
+    allowed = SUPPORTED_VERSIONS.index(version) >= SUPPORTED_VERSIONS.index(
+        COMMAND_MINIMUM[command]
+    )
     conf = make_conf(version)
     if command == "GC":
         conf["cni.dev/valid-attachments"] = []
@@ -187,7 +199,7 @@ def test_valid_container_ids(container_id: str) -> None:
     assert parse(CNI_CONTAINERID=container_id).container_id == container_id
 
 
-@pytest.mark.parametrize("container_id", ["-abc", "_x", ".x", "a b", "a/b", "a:b", "ä"])
+@pytest.mark.parametrize("container_id", ["-abc", "_x", ".x", "a b", "a/b", "a:b", "ä", "abc\n"])
 @pytest.mark.parametrize("command", ["ADD", "DEL", "CHECK"])
 def test_invalid_container_id_is_error_4(container_id: str, command: str) -> None:
     err = parse_error(command, CNI_CONTAINERID=container_id)
@@ -227,6 +239,7 @@ def test_undecodable_config_is_error_6(stdin: str) -> None:
         ("name", 5, "name: 5 is missing or not a string"),
         ("name", "-net", "name: '-net' is invalid"),
         ("name", "ns/net", "name: 'ns/net' is invalid"),
+        ("name", "net\n", "name: 'net\\n' is invalid"),
         ("type", None, "type: null is missing"),
         ("type", ["x"], 'type: ["x"] is missing'),
         ("runtimeConfig", [], "runtimeConfig: not a JSON object"),
@@ -264,7 +277,10 @@ def test_multus_cni_args() -> None:
         ("A=1;A=2", {"A": "2"}),  # thin Multus repeats keys: the last wins
         ("A=1;;B=2;", {"A": "1", "B": "2"}),
         ("A=", {"A": ""}),
-        ("MAC=02:00:00:00:00:01;IP=10.0.0.2/24,fd00::2/64", {"MAC": "02:00:00:00:00:01", "IP": "10.0.0.2/24,fd00::2/64"}),
+        (
+            "MAC=02:00:00:00:00:01;IP=10.0.0.2/24,fd00::2/64",
+            {"MAC": "02:00:00:00:00:01", "IP": "10.0.0.2/24,fd00::2/64"},
+        ),
         ("UNKNOWN=x;Other=y", {"UNKNOWN": "x", "Other": "y"}),  # unknown keys without IgnoreUnknown
     ],
 )
@@ -272,8 +288,16 @@ def test_cni_args_parsing(raw: str, expected: dict[str, str]) -> None:
     assert parse_cni_args(raw).values == expected
 
 
-@pytest.mark.parametrize(("raw", "ignore"), [("IgnoreUnknown=1", True), ("IgnoreUnknown=true", True),
-                                              ("IgnoreUnknown=TRUE", True), ("IgnoreUnknown=0", False), ("", False)])
+@pytest.mark.parametrize(
+    ("raw", "ignore"),
+    [
+        ("IgnoreUnknown=1", True),
+        ("IgnoreUnknown=true", True),
+        ("IgnoreUnknown=TRUE", True),
+        ("IgnoreUnknown=0", False),
+        ("", False),
+    ],
+)
 def test_ignore_unknown_flag(raw: str, ignore: bool) -> None:
     assert parse_cni_args(raw).ignore_unknown is ignore
 
@@ -300,16 +324,27 @@ def test_missing_pod_fields_are_none() -> None:
         ({"deviceID": "0000:18:02.5"}, "0000:18:02.5"),
         ({"pciBusID": "0000:18:02.6"}, "0000:18:02.6"),
         ({"runtimeConfig": {"deviceID": "0000:18:02.7"}}, "0000:18:02.7"),
-        ({"deviceID": "0000:18:02.5", "pciBusID": "0000:18:02.6",
-          "runtimeConfig": {"deviceID": "0000:18:02.7"}}, "0000:18:02.5"),
-        ({"pciBusID": "0000:18:02.6", "runtimeConfig": {"deviceID": "0000:18:02.7"}}, "0000:18:02.6"),
+        (
+            {
+                "deviceID": "0000:18:02.5",
+                "pciBusID": "0000:18:02.6",
+                "runtimeConfig": {"deviceID": "0000:18:02.7"},
+            },
+            "0000:18:02.5",
+        ),
+        (
+            {"pciBusID": "0000:18:02.6", "runtimeConfig": {"deviceID": "0000:18:02.7"}},
+            "0000:18:02.6",
+        ),
         ({"deviceID": "", "pciBusID": "0000:18:02.6"}, "0000:18:02.6"),
         ({"deviceID": "18:02.5"}, "0000:18:02.5"),
         ({"deviceID": "0000:AF:1F.7"}, "0000:af:1f.7"),
         ({"deviceID": "10000:e0:00.0"}, "10000:e0:00.0"),  # Intel VMD domain
     ],
 )
-def test_device_id_precedence_and_normalisation(extra: dict[str, Any], expected: str | None) -> None:
+def test_device_id_precedence_and_normalisation(
+    extra: dict[str, Any], expected: str | None
+) -> None:
     assert parse(conf=make_conf(**extra)).device_id == expected
 
 
@@ -319,13 +354,16 @@ def test_device_id_precedence_and_normalisation(extra: dict[str, Any], expected:
         ({"deviceID": "0000:18:02.8"}, "deviceID", '"0000:18:02.8"'),  # function > 7
         ({"deviceID": "0000:18:20.0"}, "deviceID", '"0000:18:20.0"'),  # device > 0x1f
         ({"deviceID": "0000:18:02"}, "deviceID", '"0000:18:02"'),
+        ({"deviceID": "0000:18:02.5\n"}, "deviceID", '"0000:18:02.5\\n"'),
         ({"deviceID": "eth0"}, "deviceID", '"eth0"'),
         ({"deviceID": 5}, "deviceID", "5"),
         ({"pciBusID": "00:18:02.5:1"}, "pciBusID", '"00:18:02.5:1"'),
         ({"runtimeConfig": {"deviceID": "x"}}, "runtimeConfig.deviceID", '"x"'),
     ],
 )
-def test_invalid_device_id_is_error_7_naming_the_value(extra: dict[str, Any], label: str, shown: str) -> None:
+def test_invalid_device_id_is_error_7_naming_the_value(
+    extra: dict[str, Any], label: str, shown: str
+) -> None:
     err = parse_error(conf=make_conf(**extra))
     assert err.code == 7
     assert err.msg == f"{label}: {shown} is not a PCI address (DDDD:BB:DD.F)"
@@ -335,9 +373,15 @@ def test_invalid_device_id_is_error_7_naming_the_value(extra: dict[str, Any], la
     ("extra", "expected"),
     [
         ({}, None),
-        ({"CNIDeviceInfoFile": "/var/run/k8s.cni.cncf.io/devinfo/cni/a"}, "/var/run/k8s.cni.cncf.io/devinfo/cni/a"),
+        (
+            {"CNIDeviceInfoFile": "/var/run/k8s.cni.cncf.io/devinfo/cni/a"},
+            "/var/run/k8s.cni.cncf.io/devinfo/cni/a",
+        ),
         ({"runtimeConfig": {"CNIDeviceInfoFile": "/run/b"}}, "/run/b"),
-        ({"CNIDeviceInfoFile": "/run/a", "runtimeConfig": {"CNIDeviceInfoFile": "/run/b"}}, "/run/a"),
+        (
+            {"CNIDeviceInfoFile": "/run/a", "runtimeConfig": {"CNIDeviceInfoFile": "/run/b"}},
+            "/run/a",
+        ),
     ],
 )
 def test_device_info_file(extra: dict[str, Any], expected: str | None) -> None:
@@ -346,7 +390,10 @@ def test_device_info_file(extra: dict[str, Any], expected: str | None) -> None:
 
 def test_relative_device_info_file_is_error_7() -> None:
     err = parse_error(conf=make_conf(runtimeConfig={"CNIDeviceInfoFile": "rel/path"}))
-    assert (err.code, err.msg) == (7, 'runtimeConfig.CNIDeviceInfoFile: "rel/path" is not an absolute path')
+    assert (err.code, err.msg) == (
+        7,
+        'runtimeConfig.CNIDeviceInfoFile: "rel/path" is not an absolute path',
+    )
 
 
 # ---------------------------------------------------------------- prevResult
@@ -384,7 +431,8 @@ def test_del_tolerates_a_config_that_add_would_reject() -> None:
 
 @pytest.mark.parametrize("key", ["cni.dev/valid-attachments", "cni.dev/attachments"])
 def test_gc_valid_attachments_under_either_key(key: str) -> None:
-    conf = make_conf(**{key: [{"containerID": "c1", "ifname": "net1"}, {"containerID": "c2", "ifname": "net2"}]})
+    conf = make_conf()
+    conf[key] = [{"containerID": "c1", "ifname": "net1"}, {"containerID": "c2", "ifname": "net2"}]
     request = parse_request(make_env("GC"), json.dumps(conf))
     assert request.valid_attachments == (Attachment("c1", "net1"), Attachment("c2", "net2"))
 
@@ -414,7 +462,10 @@ def test_gc_bad_attachment_list_is_error_7(value: Any, text: str) -> None:
     [
         ({}, SriovOptions()),
         ({"vlan": 0}, SriovOptions(vlan=0)),
-        ({"vlan": 4094, "vlanQoS": 7, "vlanProto": "802.1AD"}, SriovOptions(vlan=4094, vlan_qos=7, vlan_proto="802.1ad")),
+        (
+            {"vlan": 4094, "vlanQoS": 7, "vlanProto": "802.1AD"},
+            SriovOptions(vlan=4094, vlan_qos=7, vlan_proto="802.1ad"),
+        ),
         ({"vlan": 100, "vlanProto": "802.1q"}, SriovOptions(vlan=100, vlan_proto="802.1q")),
         ({"vlan": 0, "vlanQoS": 0}, SriovOptions(vlan=0, vlan_qos=0)),
         ({"mac": "02:AA:bb:cc:dd:ee"}, SriovOptions(mac="02:aa:bb:cc:dd:ee")),
@@ -423,15 +474,23 @@ def test_gc_bad_attachment_list_is_error_7(value: Any, text: str) -> None:
         ({"spoofchk": "on", "trust": "off"}, SriovOptions(spoofchk=True, trust=False)),
         ({"spoofchk": "OFF", "trust": "On"}, SriovOptions(spoofchk=False, trust=True)),
         ({"link_state": "Enable"}, SriovOptions(link_state="enable")),
-        ({"min_tx_rate": 100, "max_tx_rate": 1000}, SriovOptions(min_tx_rate=100, max_tx_rate=1000)),
+        (
+            {"min_tx_rate": 100, "max_tx_rate": 1000},
+            SriovOptions(min_tx_rate=100, max_tx_rate=1000),
+        ),
         ({"min_tx_rate": 100, "max_tx_rate": 0}, SriovOptions(min_tx_rate=100, max_tx_rate=0)),
         ({"mtu": 68}, SriovOptions(mtu=68)),
         ({"mtu": 9000}, SriovOptions(mtu=9000)),
         ({"ipam": {}}, SriovOptions()),
         ({"ipam": {"type": ""}}, SriovOptions()),
-        ({"ipam": {"type": "host-local", "subnet": "10.0.0.0/24"}},
-         SriovOptions(ipam={"type": "host-local", "subnet": "10.0.0.0/24"})),
-        ({"someVendorKey": {"x": 1}, "capabilities": {"deviceID": True}, "args": {"cni": {}}}, SriovOptions()),
+        (
+            {"ipam": {"type": "host-local", "subnet": "10.0.0.0/24"}},
+            SriovOptions(ipam={"type": "host-local", "subnet": "10.0.0.0/24"}),
+        ),
+        (
+            {"someVendorKey": {"x": 1}, "capabilities": {"deviceID": True}, "args": {"cni": {}}},
+            SriovOptions(),
+        ),
     ],
 )
 def test_sriov_options(extra: dict[str, Any], expected: SriovOptions) -> None:
@@ -449,18 +508,40 @@ def test_sriov_options(extra: dict[str, Any], expected: SriovOptions) -> None:
         ({"vlan": 10, "vlanQoS": 8}, "vlanQoS: 8 is out of range 0-7"),
         ({"vlanQoS": 3}, "vlanQoS: 3 needs a non-zero vlan"),
         ({"vlan": 0, "vlanQoS": 3}, "vlanQoS: 3 needs a non-zero vlan"),
-        ({"vlan": 10, "vlanProto": "802.1x"}, "vlanProto: \"802.1x\" is not one of '802.1q', '802.1ad'"),
+        (
+            {"vlan": 10, "vlanProto": "802.1x"},
+            "vlanProto: \"802.1x\" is not one of '802.1q', '802.1ad'",
+        ),
         ({"vlanProto": "802.1ad"}, 'vlanProto: "802.1ad" needs a non-zero vlan'),
-        ({"mac": "01:00:5e:00:00:01"}, 'mac: "01:00:5e:00:00:01" is a multicast address; a VF needs a unicast MAC'),
+        (
+            {"mac": "01:00:5e:00:00:01"},
+            'mac: "01:00:5e:00:00:01" is a multicast address; a VF needs a unicast MAC',
+        ),
         ({"mac": "00:00:00:00:00:00"}, 'mac: "00:00:00:00:00:00" is the all-zero address'),
-        ({"mac": "02:00:00:00:00"}, 'mac: "02:00:00:00:00" is not a MAC address (xx:xx:xx:xx:xx:xx)'),
-        ({"mac": "02:00-00:00:00:01"}, 'mac: "02:00-00:00:00:01" is not a MAC address (xx:xx:xx:xx:xx:xx)'),
-        ({"runtimeConfig": {"mac": "zz"}}, 'runtimeConfig.mac: "zz" is not a MAC address (xx:xx:xx:xx:xx:xx)'),
+        (
+            {"mac": "02:00:00:00:00"},
+            'mac: "02:00:00:00:00" is not a MAC address (xx:xx:xx:xx:xx:xx)',
+        ),
+        (
+            {"mac": "02:00-00:00:00:01"},
+            'mac: "02:00-00:00:00:01" is not a MAC address (xx:xx:xx:xx:xx:xx)',
+        ),
+        (
+            {"mac": "02:00:00:00:00:01\n"},
+            'mac: "02:00:00:00:00:01\\n" is not a MAC address (xx:xx:xx:xx:xx:xx)',
+        ),
+        (
+            {"runtimeConfig": {"mac": "zz"}},
+            'runtimeConfig.mac: "zz" is not a MAC address (xx:xx:xx:xx:xx:xx)',
+        ),
         ({"spoofchk": True}, "spoofchk: true is not one of 'on', 'off'"),
         ({"trust": "yes"}, "trust: \"yes\" is not one of 'on', 'off'"),
         ({"link_state": "up"}, "link_state: \"up\" is not one of 'auto', 'enable', 'disable'"),
         ({"min_tx_rate": -1}, "min_tx_rate: -1 is out of range 0-2147483647"),
-        ({"min_tx_rate": 200, "max_tx_rate": 100}, "min_tx_rate: 200 is greater than max_tx_rate: 100"),
+        (
+            {"min_tx_rate": 200, "max_tx_rate": 100},
+            "min_tx_rate: 200 is greater than max_tx_rate: 100",
+        ),
         ({"mtu": 67}, "mtu: 67 is out of range 68-65535"),
         ({"mtu": 65536}, "mtu: 65536 is out of range 68-65535"),
         ({"ipam": "host-local"}, 'ipam: "host-local" is not an object'),
@@ -483,16 +564,28 @@ def test_runtime_config_mac_wins_over_nad_mac() -> None:
 
 def test_cni_error_json() -> None:
     assert json.loads(CniError(7, "bad", "why").to_json("0.4.0")) == {
-        "cniVersion": "0.4.0", "code": 7, "msg": "bad", "details": "why"}
+        "cniVersion": "0.4.0",
+        "code": 7,
+        "msg": "bad",
+        "details": "why",
+    }
     # details is omitempty in libcni
-    assert CniError(11, "later").to_dict("1.1.0") == {"cniVersion": "1.1.0", "code": 11, "msg": "later"}
+    assert CniError(11, "later").to_dict("1.1.0") == {
+        "cniVersion": "1.1.0",
+        "code": 11,
+        "msg": "later",
+    }
 
 
 @pytest.mark.parametrize("kind", sorted(agent_errors.ERROR_TABLE))
 def test_every_agent_error_kind_maps_through_the_table(kind: str) -> None:
     err = agent_errors.rebuild(kind, f"{kind} happened", "detail")
     cni = from_nicwarden_error(err)
-    assert (cni.code, cni.msg, cni.details) == (agent_errors.ERROR_TABLE[kind].cni_code, f"{kind} happened", "detail")
+    assert (cni.code, cni.msg, cni.details) == (
+        agent_errors.ERROR_TABLE[kind].cni_code,
+        f"{kind} happened",
+        "detail",
+    )
 
 
 # ---------------------------------------------------------------- dispatch
@@ -501,8 +594,12 @@ def test_every_agent_error_kind_maps_through_the_table(kind: str) -> None:
 class RecordingBackend:
     """Scripted backend: records calls, returns or raises what it is told."""
 
-    def __init__(self, result: Result | None = None, raises: BaseException | None = None,
-                 status: CniError | None = None) -> None:
+    def __init__(
+        self,
+        result: Result | None = None,
+        raises: BaseException | None = None,
+        status: CniError | None = None,
+    ) -> None:
         self.result = result or Result()
         self.raises = raises
         self.status_answer = status
@@ -532,8 +629,15 @@ class RecordingBackend:
 
 
 ADD_RESULT = Result(
-    interfaces=(Interface(name="net1", mac="02:00:00:00:00:01", sandbox="/var/run/netns/cni-1",
-                          mtu=1500, pci_id="0000:18:02.5"),),
+    interfaces=(
+        Interface(
+            name="net1",
+            mac="02:00:00:00:00:01",
+            sandbox="/var/run/netns/cni-1",
+            mtu=1500,
+            pci_id="0000:18:02.5",
+        ),
+    ),
     ips=(IPConfig(address=ip_interface("10.0.0.2/24"), interface=0),),
 )
 
@@ -548,7 +652,10 @@ def test_add_renders_the_result_in_the_request_version(version: str) -> None:
     assert [name for name, _ in backend.calls] == ["add"]
 
 
-@pytest.mark.parametrize(("command", "method"), [("DEL", "delete"), ("CHECK", "check"), ("GC", "gc"), ("STATUS", "status")])
+@pytest.mark.parametrize(
+    ("command", "method"),
+    [("DEL", "delete"), ("CHECK", "check"), ("GC", "gc"), ("STATUS", "status")],
+)
 def test_commands_without_output(command: str, method: str) -> None:
     backend = RecordingBackend()
     assert handle(parse(command), backend) == (0, b"")
@@ -568,7 +675,9 @@ def test_commands_without_output(command: str, method: str) -> None:
     ],
 )
 @pytest.mark.parametrize("command", ["ADD", "DEL", "CHECK", "GC"])
-def test_backend_errors_become_cni_errors(command: str, raised: BaseException, code: int, msg: str) -> None:
+def test_backend_errors_become_cni_errors(
+    command: str, raised: BaseException, code: int, msg: str
+) -> None:
     code_out, out = handle(parse(command, conf=make_conf("1.1.0")), RecordingBackend(raises=raised))
     assert code_out == 1
     body = json.loads(out)
@@ -576,7 +685,9 @@ def test_backend_errors_become_cni_errors(command: str, raised: BaseException, c
 
 
 def test_unexpected_exception_is_999_without_traceback() -> None:
-    code, out = handle(parse("ADD", conf=make_conf("0.4.0")), RecordingBackend(raises=KeyError("ifindex")))
+    code, out = handle(
+        parse("ADD", conf=make_conf("0.4.0")), RecordingBackend(raises=KeyError("ifindex"))
+    )
     body = json.loads(out)
     assert code == 1
     assert body["code"] == 999 and body["cniVersion"] == "0.4.0"
@@ -613,8 +724,10 @@ def test_handle_invocation_reports_parse_errors_in_the_input_version() -> None:
 
 def test_handle_invocation_runs_the_backend() -> None:
     backend = RecordingBackend(result=ADD_RESULT)
-    code, out = handle_invocation(make_env("ADD"), json.dumps(make_conf("1.0.0", deviceID="18:02.5")), backend)
+    code, out = handle_invocation(
+        make_env("ADD"), json.dumps(make_conf("1.0.0", deviceID="18:02.5")), backend
+    )
     assert code == 0
     assert json.loads(out) == ADD_RESULT.render("1.0.0")
-    (_, request), = backend.calls
+    ((_, request),) = backend.calls
     assert request.device_id == "0000:18:02.5"

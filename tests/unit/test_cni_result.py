@@ -21,8 +21,13 @@ from nicwarden.cni.version import SUPPORTED_VERSIONS
 
 FULL = Result(
     interfaces=(
-        Interface(name="net1", mac="02:00:00:00:00:01", sandbox="/var/run/netns/cni-1",
-                  mtu=9000, pci_id="0000:18:02.5"),
+        Interface(
+            name="net1",
+            mac="02:00:00:00:00:01",
+            sandbox="/var/run/netns/cni-1",
+            mtu=9000,
+            pci_id="0000:18:02.5",
+        ),
         Interface(name="vhost0", socket_path="/var/run/vhost/sock0"),
     ),
     ips=(
@@ -31,9 +36,16 @@ FULL = Result(
     ),
     routes=(
         Route(dst=ip_network("0.0.0.0/0"), gw=ip_address("10.1.1.1")),
-        Route(dst=ip_network("192.168.0.0/16"), mtu=1400, advmss=1360, priority=5, table=100, scope=0),
+        Route(
+            dst=ip_network("192.168.0.0/16"), mtu=1400, advmss=1360, priority=5, table=100, scope=0
+        ),
     ),
-    dns=DNS(nameservers=("10.1.1.53",), domain="example.org", search=("example.org",), options=("ndots:2",)),
+    dns=DNS(
+        nameservers=("10.1.1.53",),
+        domain="example.org",
+        search=("example.org",),
+        options=("ndots:2",),
+    ),
 )
 
 DNS_JSON = {
@@ -71,14 +83,26 @@ FULL_100: dict[str, Any] = {
 
 FULL_110: dict[str, Any] = {
     "interfaces": [
-        {"name": "net1", "mac": "02:00:00:00:00:01", "mtu": 9000,
-         "sandbox": "/var/run/netns/cni-1", "pciID": "0000:18:02.5"},
+        {
+            "name": "net1",
+            "mac": "02:00:00:00:00:01",
+            "mtu": 9000,
+            "sandbox": "/var/run/netns/cni-1",
+            "pciID": "0000:18:02.5",
+        },
         {"name": "vhost0", "socketPath": "/var/run/vhost/sock0"},
     ],
     "ips": FULL_100["ips"],
     "routes": [
         {"dst": "0.0.0.0/0", "gw": "10.1.1.1"},
-        {"dst": "192.168.0.0/16", "mtu": 1400, "advmss": 1360, "priority": 5, "table": 100, "scope": 0},
+        {
+            "dst": "192.168.0.0/16",
+            "mtu": 1400,
+            "advmss": 1360,
+            "priority": 5,
+            "table": 100,
+            "scope": 0,
+        },
     ],
     "dns": DNS_JSON,
 }
@@ -172,7 +196,11 @@ def test_render_rejects_unknown_version() -> None:
         ({"ips": [{"address": "10.0.0.1"}]}, "1.0.0", "ips[0].address: '10.0.0.1' has no prefix"),
         ({"ips": [{"address": "10.0.0.300/24"}]}, "1.0.0", "ips[0].address"),
         ({"ips": [{"address": "10.0.0.1/24", "gateway": "nope"}]}, "1.0.0", "ips[0].gateway"),
-        ({"ips": [{"address": "10.0.0.1/24", "interface": 0}]}, "1.0.0", "ips[0].interface: index 0"),
+        (
+            {"ips": [{"address": "10.0.0.1/24", "interface": 0}]},
+            "1.0.0",
+            "ips[0].interface: index 0",
+        ),
         (
             {"interfaces": [{"name": "a"}], "ips": [{"address": "10.0.0.1/24", "interface": 1}]},
             "1.0.0",

@@ -42,12 +42,11 @@ class Outcome:
         return obj
 
 
-@pytest.fixture(params=["installed", "host-python", "shebang"])
-def run_shim(request: pytest.FixtureRequest, tmp_path: Path) -> Run:
-    """Each way the shim is deployed: the console script in our venv, and a
-    bare copy in a CNI bin dir run by the host's python3 (no nicwarden
-    importable there), both explicitly and through its #! line."""
-    if request.param == "installed":
+def make_runner(kind: str, tmp_path: Path) -> Run:
+    """One way the shim is deployed: the console script in our venv, or a bare
+    copy in a CNI bin dir run by the host's python3 (where nicwarden is not
+    importable), explicitly or through its #! line as a runtime execs it."""
+    if kind == "installed":
         argv = [str(INSTALLED)]
     else:
         bin_dir = tmp_path / "opt-cni-bin"
@@ -55,7 +54,7 @@ def run_shim(request: pytest.FixtureRequest, tmp_path: Path) -> Run:
         copy = bin_dir / "nicwarden"
         shutil.copyfile(SHIM_SOURCE, copy)
         copy.chmod(0o755)
-        argv = [HOST_PYTHON, str(copy)] if request.param == "host-python" else [str(copy)]
+        argv = [HOST_PYTHON, str(copy)] if kind == "host-python" else [str(copy)]
 
     def run(stdin: bytes | str, timeout: float = 30.0, **env: str) -> Outcome:
         data = stdin.encode() if isinstance(stdin, str) else stdin
@@ -66,6 +65,18 @@ def run_shim(request: pytest.FixtureRequest, tmp_path: Path) -> Run:
         return Outcome(proc, time.monotonic() - start)
 
     return run
+
+
+@pytest.fixture(params=["installed", "host-python", "shebang"])
+def run_shim(request: pytest.FixtureRequest, tmp_path: Path) -> Run:
+    """Every deployment of the shim."""
+    return make_runner(request.param, tmp_path)
+
+
+@pytest.fixture
+def run_copy(tmp_path: Path) -> Run:
+    """The copied shim only, for the slow (3 s wait) variations."""
+    return make_runner("shebang", tmp_path)
 
 
 def cni_env(command: str, **extra: str) -> dict[str, str]:
@@ -114,9 +125,17 @@ def agent(sock: Path) -> Iterator[Recorder]:
 @pytest.mark.parametrize(
     ("stdin", "answered"),
     [(json.dumps({"cniVersion": v}), v) for v in SUPPORTED]
-    + [('{"cniVersion": "0.2.0"}', "1.1.0"), ("", "1.1.0"), ("{}", "1.1.0"), ("junk", "1.1.0")],
+    + [
+        ('{"cniVersion": "0.2.0"}', "1.1.0"),
+        ("", "1.1.0"),
+        ("{}", "1.1.0"),
+        ("junk", "1.1.0"),
+        (b'{"cniVersion": "0.4.0", "x": "\xff"}', "1.1.0"),  # undecodable: no echo
+    ],
 )
-def test_version_is_answered_without_an_agent(run_shim: Run, sock: Path, stdin: str, answered: str) -> None:
+def test_version_is_answered_without_an_agent(
+    run_shim: Run, sock: Path, stdin: str | bytes, answered: str
+) -> None:
     out = run_shim(stdin, CNI_COMMAND="VERSION", NICWARDEN_CNI_SOCKET=str(sock))
     assert out.code == 0
     assert out.json() == {"cniVersion": answered, "supportedVersions": SUPPORTED}
@@ -158,13 +177,20 @@ def test_output_and_exit_code_pass_through_verbatim(
 
 
 def test_large_result_passes_through(run_shim: Run, sock: Path, agent: Recorder) -> None:
-    body = json.dumps({"cniVersion": "1.1.0", "ips": [{"address": f"10.{i // 256}.{i % 256}.1/32"} for i in range(5000)]})
+    body = json.dumps(
+        {
+            "cniVersion": "1.1.0",
+            "ips": [{"address": f"10.{i // 256}.{i % 256}.1/32"} for i in range(5000)],
+        }
+    )
     agent.answer = (0, body.encode())
     out = run_shim(conf(), **cni_env("ADD", NICWARDEN_CNI_SOCKET=str(sock)))
     assert out.code == 0 and out.stdout == body.encode()
 
 
-def test_agent_socket_in_config_wins_over_env(run_shim: Run, sock: Path, agent: Recorder, tmp_path: Path) -> None:
+def test_agent_socket_in_config_wins_over_env(
+    run_shim: Run, sock: Path, agent: Recorder, tmp_path: Path
+) -> None:
     out = run_shim(
         conf(agentSocket=str(sock)),
         **cni_env("ADD", NICWARDEN_CNI_SOCKET=str(tmp_path / "elsewhere.sock")),
@@ -198,7 +224,7 @@ def test_handler_crash_becomes_a_cni_error(run_shim: Run, sock: Path) -> None:
         (b"{not json", "1.1.0"),
         (b'{"cniVersion": "0.4.0", "name": broken', "0.4.0"),
         (b'{"cniVersion":"1.0.0"} trailing', "1.0.0"),
-        (b'{"cniVersion": "1.0.0", "name": "\xff\xfe"}', "1.1.0"),  # not UTF-8
+        (b'{"cniVersion": "1.0.0", "name": "\xff\xfe"}', "1.0.0"),  # not UTF-8
     ],
 )
 def test_undecodable_stdin_is_error_6_without_an_agent(
@@ -211,7 +237,10 @@ def test_undecodable_stdin_is_error_6_without_an_agent(
     assert out.elapsed < 2.5  # answered locally, no wait for the agent
 
 
-@pytest.mark.parametrize(("command", "msg"), [("", "missing environment variables: CNI_COMMAND"), ("FROB", "unknown CNI_COMMAND: FROB")])
+@pytest.mark.parametrize(
+    ("command", "msg"),
+    [("", "missing environment variables: CNI_COMMAND"), ("FROB", "unknown CNI_COMMAND: FROB")],
+)
 def test_bad_command_is_error_4(run_shim: Run, command: str, msg: str) -> None:
     env = cni_env("ADD")
     if command:
@@ -226,12 +255,23 @@ def test_bad_command_is_error_4(run_shim: Run, command: str, msg: str) -> None:
 # -------------------------------------------------------- unreachable agent
 
 
-@pytest.mark.parametrize("command", ["ADD", "CHECK", "STATUS", "GC"])
-def test_unreachable_agent_is_error_11_naming_the_socket(run_shim: Run, sock: Path, command: str) -> None:
-    out = run_shim(conf("1.1.0"), **cni_env(command, NICWARDEN_CNI_SOCKET=str(sock)))
+def test_unreachable_agent_on_add_is_error_11_naming_the_socket(run_shim: Run, sock: Path) -> None:
+    check_unreachable(run_shim, sock, "ADD")
+
+
+# C28: STATUS failures are 50 ("not available"); everything else is 11.
+@pytest.mark.parametrize(("command", "code"), [("CHECK", 11), ("STATUS", 50), ("GC", 11)])
+def test_unreachable_agent_other_commands(
+    run_copy: Run, sock: Path, command: str, code: int
+) -> None:
+    check_unreachable(run_copy, sock, command, code)
+
+
+def check_unreachable(run: Run, sock: Path, command: str, code: int = 11) -> None:
+    out = run(conf("1.1.0"), **cni_env(command, NICWARDEN_CNI_SOCKET=str(sock)))
     assert out.code != 0
     body = out.json()
-    assert body["code"] == 11 and body["cniVersion"] == "1.1.0"
+    assert body["code"] == code and body["cniVersion"] == "1.1.0"
     assert str(sock) in str(body["msg"]) and "nicwarden agent is not reachable" in str(body["msg"])
     assert 2.5 <= out.elapsed < 10  # retried for about 3 s, then gave up
 
@@ -245,21 +285,21 @@ def test_unreachable_agent_on_del_is_never_success(run_shim: Run, sock: Path) ->
     assert str(sock) in str(body["msg"])
 
 
-def test_refused_connection_on_stale_socket_is_retried_then_11(run_shim: Run, sock: Path) -> None:
+def test_refused_connection_on_stale_socket_is_retried_then_11(run_copy: Run, sock: Path) -> None:
     import socket
 
     sock.parent.mkdir(parents=True)
     dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     dead.bind(str(sock))
     dead.close()  # the file stays; connecting to it is refused
-    out = run_shim(conf(), **cni_env("ADD", NICWARDEN_CNI_SOCKET=str(sock)))
+    out = run_copy(conf(), **cni_env("ADD", NICWARDEN_CNI_SOCKET=str(sock)))
     assert out.json()["code"] == 11 and "Connection refused" in str(out.json()["msg"])
 
 
-def test_default_socket_path_is_named(run_shim: Run) -> None:
+def test_default_socket_path_is_named(run_copy: Run) -> None:
     if os.path.exists("/run/nicwarden/cni.sock"):
         pytest.skip("a nicwarden agent may be running on this machine")
-    out = run_shim(conf(), **cni_env("ADD"))
+    out = run_copy(conf(), **cni_env("ADD"))
     assert "/run/nicwarden/cni.sock" in str(out.json()["msg"])
 
 
@@ -287,10 +327,10 @@ def test_not_ready_agent_is_waited_for_and_the_request_sent_once(run_shim: Run, 
     assert len(recorder.calls) == 1
 
 
-def test_agent_never_ready_is_error_11(run_shim: Run, sock: Path) -> None:
+def test_agent_never_ready_is_error_11(run_copy: Run, sock: Path) -> None:
     recorder = Recorder()
     with CniHttpServer(sock, recorder, ready=lambda: False):
-        out = run_shim(conf(), **cni_env("DEL", NICWARDEN_CNI_SOCKET=str(sock)))
+        out = run_copy(conf(), **cni_env("DEL", NICWARDEN_CNI_SOCKET=str(sock)))
     assert out.code != 0
     assert out.json()["code"] == 11 and "not ready" in str(out.json()["msg"])
     assert recorder.calls == []
@@ -327,7 +367,9 @@ def test_shim_start_up_stays_light(sock: Path) -> None:
         capture_output=True,
         timeout=30,
     )
-    modules = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.decode().splitlines() if "|" in line}
+    modules = {
+        line.rsplit("|", 1)[-1].strip() for line in proc.stderr.decode().splitlines() if "|" in line
+    }
     assert "socket" in modules  # the trace did record the shim's imports
     assert not modules & {"http.client", "email.parser", "urllib.request", "ssl", "logging"}
 

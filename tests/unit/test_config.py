@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from nicwarden.agent import config as cfg
 from nicwarden.agent.config import AgentConfig, Invalid, SimShape, load_config
 from nicwarden.agent.errors import ConfigError

@@ -87,8 +87,14 @@ def test_full_pool() -> None:
     assert first.vendors == {"8086", "15b3"}
     assert first.devices == {"154c"}
     assert first.pci_addresses == {"0000:18:02.1", "0000:18:02.2"}
-    assert first.pf_names == (DeviceRef("ens1f0", (VfRange(0, 3), VfRange(5, 5))), DeviceRef("ens2f0"))
-    assert first.root_devices == (DeviceRef("0000:5e:00.0", (VfRange(1, 1),)), DeviceRef("0000:af:00.1"))
+    assert first.pf_names == (
+        DeviceRef("ens1f0", (VfRange(0, 3), VfRange(5, 5))),
+        DeviceRef("ens2f0"),
+    )
+    assert first.root_devices == (
+        DeviceRef("0000:5e:00.0", (VfRange(1, 1),)),
+        DeviceRef("0000:af:00.1"),
+    )
     assert first.link_types == {"ether"}
     assert first.need_vhost_net is True
     assert second == Selector(drivers=frozenset({"vfio-pci"}))
@@ -107,7 +113,9 @@ def test_missing_selectors_select_everything() -> None:
 
 
 def test_yaml_integer_ids() -> None:
-    assert one({"resourceName": "a", "selectors": {"vendors": [8086]}}).selectors[0].vendors == {"8086"}
+    assert one({"resourceName": "a", "selectors": {"vendors": [8086]}}).selectors[0].vendors == {
+        "8086"
+    }
 
 
 BAD: list[tuple[dict[str, Any], str, str]] = [
@@ -120,29 +128,76 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
     ({"resourceName": "a", "resourcePrefix": "kubernetes.io"}, "resourcePrefix", "reserved"),
     ({"resourceName": "a", "deviceType": "accelerator"}, "deviceType", "not supported"),
     ({"resourceName": "a", "deviceType": "gpu"}, "deviceType", "unknown device type"),
+    ({"resourceName": "a", "deviceType": ["netDevice"]}, "deviceType", "must be a string"),
     ({"resourceName": "a", "excludeTopology": "yes"}, "excludeTopology", "true or false"),
     ({"resourceName": "a", "isRdma": True}, "isRdma", "not supported on this agent"),
-    ({"resourceName": "a", "selectors": [{"isRdma": True}]}, "selectors[0].isRdma", "not supported on this agent"),
-    ({"resourceName": "a", "selectors": [{"ddpProfiles": ["GTP"]}]}, "selectors[0].ddpProfiles", "not supported"),
-    ({"resourceName": "a", "selectors": [{"vendor": ["8086"]}]}, "selectors[0].vendor", "unknown selector key"),
+    (
+        {"resourceName": "a", "selectors": [{"isRdma": True}]},
+        "selectors[0].isRdma",
+        "not supported on this agent",
+    ),
+    (
+        {"resourceName": "a", "selectors": [{"ddpProfiles": ["GTP"]}]},
+        "selectors[0].ddpProfiles",
+        "not supported",
+    ),
+    (
+        {"resourceName": "a", "selectors": [{"vendor": ["8086"]}]},
+        "selectors[0].vendor",
+        "unknown selector key",
+    ),
     ({"resourceName": "a", "selector": {}}, "selector", "unknown key"),
     ({"resourceName": "a", "selectors": []}, "selectors", "selects nothing"),
     ({"resourceName": "a", "selectors": "iavf"}, "selectors", "list of selector objects"),
-    ({"resourceName": "a", "selectors": [{"pfNames": ["ens1f0#3-1"]}]}, "selectors[0].pfNames", "backwards"),
-    ({"resourceName": "a", "selectors": [{"pfNames": ["ens1f0#a"]}]}, "selectors[0].pfNames", "integers"),
-    ({"resourceName": "a", "selectors": [{"pfNames": ["ens1f0#"]}]}, "selectors[0].pfNames", "empty VF range"),
-    ({"resourceName": "a", "selectors": [{"pfNames": ["#0-3"]}]}, "selectors[0].pfNames", "interface name"),
+    (
+        {"resourceName": "a", "selectors": [{"pfNames": ["ens1f0#3-1"]}]},
+        "selectors[0].pfNames",
+        "backwards",
+    ),
+    (
+        {"resourceName": "a", "selectors": [{"pfNames": ["ens1f0#a"]}]},
+        "selectors[0].pfNames",
+        "integers",
+    ),
+    (
+        {"resourceName": "a", "selectors": [{"pfNames": ["ens1f0#"]}]},
+        "selectors[0].pfNames",
+        "empty VF range",
+    ),
+    (
+        {"resourceName": "a", "selectors": [{"pfNames": ["#0-3"]}]},
+        "selectors[0].pfNames",
+        "interface name",
+    ),
     ({"resourceName": "a", "selectors": [{"pfNames": [""]}]}, "selectors[0].pfNames", "non-empty"),
-    ({"resourceName": "a", "selectors": [{"rootDevices": ["ens1f0#1"]}]}, "selectors[0].rootDevices", "PCI address"),
+    (
+        {"resourceName": "a", "selectors": [{"rootDevices": ["ens1f0#1"]}]},
+        "selectors[0].rootDevices",
+        "PCI address",
+    ),
     ({"resourceName": "a", "selectors": [{"vendors": ["intel"]}]}, "selectors[0].vendors", "hex"),
-    ({"resourceName": "a", "selectors": [{"vendors": "8086"}]}, "selectors[0].vendors", "must be a list"),
-    ({"resourceName": "a", "selectors": [{"pciAddresses": ["18:02"]}]}, "selectors[0].pciAddresses", "PCI address"),
-    ({"resourceName": "a", "selectors": [{"needVhostNet": "true"}]}, "selectors[0].needVhostNet", "true or false"),
+    (
+        {"resourceName": "a", "selectors": [{"vendors": "8086"}]},
+        "selectors[0].vendors",
+        "must be a list",
+    ),
+    (
+        {"resourceName": "a", "selectors": [{"pciAddresses": ["18:02"]}]},
+        "selectors[0].pciAddresses",
+        "PCI address",
+    ),
+    (
+        {"resourceName": "a", "selectors": [{"needVhostNet": "true"}]},
+        "selectors[0].needVhostNet",
+        "true or false",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("entry", "key", "fragment"), BAD)
-def test_invalid_pool_is_reported_and_skipped(entry: dict[str, Any], key: str, fragment: str) -> None:
+def test_invalid_pool_is_reported_and_skipped(
+    entry: dict[str, Any], key: str, fragment: str
+) -> None:
     good = {"resourceName": "good"}
     parsed = parse_resource_list([good, entry], PREFIX)
     assert [p.name for p in parsed.pools] == ["good"]
@@ -157,7 +212,13 @@ def test_invalid_pool_is_reported_and_skipped(entry: dict[str, Any], key: str, f
 
 def test_issue_names_pool_key_and_value() -> None:
     parsed = parse_resource_list(
-        [{"resourceName": "dpdk", "selectors": [{"drivers": ["vfio-pci"]}, {"pfNames": ["ens1f0#3-1"]}]}], PREFIX
+        [
+            {
+                "resourceName": "dpdk",
+                "selectors": [{"drivers": ["vfio-pci"]}, {"pfNames": ["ens1f0#3-1"]}],
+            }
+        ],
+        PREFIX,
     )
     assert str(parsed.errors[0]) == (
         "resourceList[0] ('dpdk'): selectors[1].pfNames='ens1f0#3-1': VF range '3-1' runs backwards (3 > 1)"
@@ -165,7 +226,9 @@ def test_issue_names_pool_key_and_value() -> None:
 
 
 def test_all_problems_of_a_pool_are_reported() -> None:
-    parsed = parse_resource_list([{"resourceName": "a", "excludeTopology": 1, "deviceType": "x"}], PREFIX)
+    parsed = parse_resource_list(
+        [{"resourceName": "a", "excludeTopology": 1, "deviceType": "x"}], PREFIX
+    )
     assert {e.key for e in parsed.errors} == {"excludeTopology", "deviceType"}
 
 

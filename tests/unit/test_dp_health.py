@@ -3,10 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from kubelet_fake import PfSpec, VfSpec, build_inventory, make_vfio_nodes
 
 from nicwarden.agent.host.paths import HostPaths
 from nicwarden.deviceplugin.health import unhealthy_reason, vfio_node
+from tests.kubelet_fake import PfSpec, VfSpec, build_inventory, make_vfio_nodes
 
 PF = "0000:18:00.0"
 
@@ -44,7 +44,9 @@ def test_pf_without_netdev_does_not_condemn_vfs(tmp_path: Path) -> None:
 )
 def test_vfio_group_node(tmp_path: Path, nodes: list[int], noiommu: bool, healthy: bool) -> None:
     make_vfio_nodes(tmp_path, nodes, noiommu=noiommu)
-    got = reason(PfSpec(PF, vfs=[VfSpec(0, "vfio-pci", iommu_group=7, netdev_state=None)]), tmp_path)
+    got = reason(
+        PfSpec(PF, vfs=[VfSpec(0, "vfio-pci", iommu_group=7, netdev_state=None)]), tmp_path
+    )
     assert (got is None) is healthy, got
     if not healthy:
         assert str(tmp_path / "vfio" / "7") in (got or "")

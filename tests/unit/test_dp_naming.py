@@ -30,11 +30,16 @@ def test_env_var_name(resource: str, expected: str) -> None:
 
 def test_info_kernel_device_byte_exact() -> None:
     # sriov-network-device-plugin's format (Go map marshalling: sorted, compact).
-    assert info_env_value([InfoEntry("0000:03:02.1")]) == '{"0000:03:02.1":{"generic":{"deviceID":"0000:03:02.1"}}}'
+    assert (
+        info_env_value([InfoEntry("0000:03:02.1")])
+        == '{"0000:03:02.1":{"generic":{"deviceID":"0000:03:02.1"}}}'
+    )
 
 
 def test_info_vfio_device_byte_exact() -> None:
-    got = info_env_value([InfoEntry("0000:8b:01.5", "/dev/vfio/178"), InfoEntry("0000:8b:01.7", "/dev/vfio/180")])
+    got = info_env_value(
+        [InfoEntry("0000:8b:01.5", "/dev/vfio/178"), InfoEntry("0000:8b:01.7", "/dev/vfio/180")]
+    )
     assert got == (
         '{"0000:8b:01.5":{"generic":{"deviceID":"0000:8b:01.5"},'
         '"vfio":{"dev-mount":"/dev/vfio/178","mount":"/dev/vfio/vfio"}},'
@@ -45,7 +50,10 @@ def test_info_vfio_device_byte_exact() -> None:
 
 def test_info_vhost() -> None:
     doc = json.loads(info_env_value([InfoEntry("0000:03:02.1", vhost_net=True)]))
-    assert doc["0000:03:02.1"]["vhost"] == {"net-mount": "/dev/vhost-net", "tun-mount": "/dev/net/tun"}
+    assert doc["0000:03:02.1"]["vhost"] == {
+        "net-mount": "/dev/vhost-net",
+        "tun-mount": "/dev/net/tun",
+    }
 
 
 def test_socket_and_device_info_names() -> None:

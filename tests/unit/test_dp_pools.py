@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
-from kubelet_fake import PfSpec, VfSpec, build_inventory, kernel_vfs, vf_address, vfio_vfs
 
+from nicwarden.agent.host.paths import HostPaths
 from nicwarden.agent.model import Inventory
 from nicwarden.deviceplugin.config import PoolConfig, parse_resource_list
 from nicwarden.deviceplugin.pools import build_pools
+from nicwarden.deviceplugin.state import evaluate
+from tests.kubelet_fake import PfSpec, VfSpec, build_inventory, kernel_vfs, vf_address, vfio_vfs
 
 PF0 = "0000:18:00.0"
 PF1 = "0000:5e:00.0"
@@ -17,7 +20,14 @@ def inventory() -> Inventory:
     return build_inventory(
         [
             PfSpec(PF0, name="ens1f0", numa=0, vfs=kernel_vfs(4) + vfio_vfs(2, start=4)),
-            PfSpec(PF1, name="ens2f0", numa=1, vendor="15b3", device="101b", vfs=[VfSpec(0, "mlx5_core", device="101e")]),
+            PfSpec(
+                PF1,
+                name="ens2f0",
+                numa=1,
+                vendor="15b3",
+                device="101b",
+                vfs=[VfSpec(0, "mlx5_core", device="101e")],
+            ),
         ]
     )
 
@@ -63,11 +73,15 @@ def test_selector_fields(selectors: dict[str, Any], expected: list[str]) -> None
 
 def test_vfio_vf_inherits_pf_link_type() -> None:
     inv = build_inventory([PfSpec(PF0, vfs=vfio_vfs(1))])
-    assert members({"resourceName": "p", "selectors": {"linkTypes": ["ether"]}}, inv=inv) == {"p": a(PF0, 0)}
+    assert members({"resourceName": "p", "selectors": {"linkTypes": ["ether"]}}, inv=inv) == {
+        "p": a(PF0, 0)
+    }
 
 
 def test_any_selector_in_the_list_admits() -> None:
-    got = members({"resourceName": "p", "selectors": [{"pfNames": ["ens2f0"]}, {"drivers": ["vfio-pci"]}]})
+    got = members(
+        {"resourceName": "p", "selectors": [{"pfNames": ["ens2f0"]}, {"drivers": ["vfio-pci"]}]}
+    )
     assert got == {"p": a(PF0, 4, 5) + a(PF1, 0)}
 
 
@@ -91,15 +105,38 @@ def test_empty_pool_is_present() -> None:
 
 
 def test_order_is_by_pci_address_not_inventory_order() -> None:
-    inv = build_inventory([PfSpec(PF1, name="ens2f0", vfs=kernel_vfs(2)), PfSpec(PF0, vfs=[VfSpec(9), VfSpec(1)])])
+    inv = build_inventory(
+        [PfSpec(PF1, name="ens2f0", vfs=kernel_vfs(2)), PfSpec(PF0, vfs=[VfSpec(9), VfSpec(1)])]
+    )
     assert members({"resourceName": "p"}, inv=inv) == {"p": a(PF0, 1, 9) + a(PF1, 0, 1)}
 
 
 def test_need_vhost_net_comes_from_the_admitting_selector() -> None:
     pools = build_pools(
         inventory(),
-        configs({"resourceName": "p", "selectors": [{"drivers": ["vfio-pci"]}, {"needVhostNet": True}]}),
+        configs(
+            {"resourceName": "p", "selectors": [{"drivers": ["vfio-pci"]}, {"needVhostNet": True}]}
+        ),
     )
     vhost = {d.address: d.need_vhost_net for d in pools["p"]}
     assert vhost[vf_address(PF0, 4)] is False
     assert vhost[vf_address(PF0, 0)] is True
+
+
+def test_wire_topology_rules(tmp_path: Path) -> None:
+    inv = build_inventory(
+        [
+            PfSpec(PF0, numa=-1, vfs=kernel_vfs(1)),
+            PfSpec(PF1, name="ens2f0", numa=1, vfs=kernel_vfs(1)),
+        ]
+    )
+    plain, flat = configs(
+        {"resourceName": "plain"}, {"resourceName": "flat", "excludeTopology": True}
+    )
+    states = evaluate(inv, [plain], HostPaths(dev=tmp_path))
+    assert states["plain"].wire == (
+        (vf_address(PF0, 0), "Healthy", None),
+        (vf_address(PF1, 0), "Healthy", 1),
+    )
+    states = evaluate(inv, [flat], HostPaths(dev=tmp_path))
+    assert [numa for _, _, numa in states["flat"].wire] == [None, None]

@@ -30,7 +30,13 @@ CONTRACT: dict[str, dict[str, int]] = {
     "ContainerAllocateRequest": {"devices_ids": 1},
     "CDIDevice": {"name": 1},
     "AllocateResponse": {"container_responses": 1},
-    "ContainerAllocateResponse": {"envs": 1, "mounts": 2, "devices": 3, "annotations": 4, "cdi_devices": 5},
+    "ContainerAllocateResponse": {
+        "envs": 1,
+        "mounts": 2,
+        "devices": 3,
+        "annotations": 4,
+        "cdi_devices": 5,
+    },
     "Mount": {"container_path": 1, "host_path": 2, "read_only": 3},
     "DeviceSpec": {"container_path": 1, "host_path": 2, "permissions": 3},
 }
@@ -40,7 +46,11 @@ METHODS = {
     "DevicePlugin": {
         "GetDevicePluginOptions": ("Empty", "DevicePluginOptions", False),
         "ListAndWatch": ("Empty", "ListAndWatchResponse", True),
-        "GetPreferredAllocation": ("PreferredAllocationRequest", "PreferredAllocationResponse", False),
+        "GetPreferredAllocation": (
+            "PreferredAllocationRequest",
+            "PreferredAllocationResponse",
+            False,
+        ),
         "Allocate": ("AllocateRequest", "AllocateResponse", False),
         "PreStartContainer": ("PreStartContainerRequest", "PreStartContainerResponse", False),
     },
@@ -63,7 +73,9 @@ def test_no_extra_messages() -> None:
 
 def test_field_types() -> None:
     fd = api_pb2.DESCRIPTOR.message_types_by_name
-    assert fd["NUMANode"].fields_by_name["ID"].type == fd["NUMANode"].fields_by_name["ID"].TYPE_INT64
+    assert (
+        fd["NUMANode"].fields_by_name["ID"].type == fd["NUMANode"].fields_by_name["ID"].TYPE_INT64
+    )
     size = fd["ContainerPreferredAllocationRequest"].fields_by_name["allocation_size"]
     assert size.type == size.TYPE_INT32
     envs = fd["ContainerAllocateResponse"].fields_by_name["envs"]

@@ -201,7 +201,12 @@ CASES = [
         "rule-empty-object-allows-all",
         [mnp(ingress({}))],
         (True, False),
-        [tcp(OUTSIDE, 1, True), (OUTSIDE, UDP, 53, True), (OUTSIDE, ICMP, 0, True), ("2001:db8::1", GRE, 0, True)],
+        [
+            tcp(OUTSIDE, 1, True),
+            (OUTSIDE, UDP, 53, True),
+            (OUTSIDE, ICMP, 0, True),
+            ("2001:db8::1", GRE, 0, True),
+        ],
     ),
     Case(
         "from-empty-list-is-all-peers",
@@ -219,7 +224,12 @@ CASES = [
         "ports-empty-list-is-all-ports",
         [mnp(ingress({"from": [pods(app="client")], "ports": []}))],
         (True, False),
-        [tcp(CLIENT, 1, True), (CLIENT, SCTP, 9, True), (CLIENT, ICMP, 0, True), tcp(OTHER, 1, False)],
+        [
+            tcp(CLIENT, 1, True),
+            (CLIENT, SCTP, 9, True),
+            (CLIENT, ICMP, 0, True),
+            tcp(OTHER, 1, False),
+        ],
     ),
     Case(
         "egress-to-missing-is-all",
@@ -251,11 +261,28 @@ CASES = [
         "empty-namespaceselector-is-all-namespaces",
         [mnp(ingress(from_({"namespaceSelector": {}})))],
         (True, False),
-        [tcp(CLIENT, 80, True), tcp(DEV_CLIENT, 80, True), tcp(OTHER_CLIENT, 80, True), tcp(OUTSIDE, 80, False)],
+        [
+            tcp(CLIENT, 80, True),
+            tcp(DEV_CLIENT, 80, True),
+            tcp(OTHER_CLIENT, 80, True),
+            tcp(OUTSIDE, 80, False),
+        ],
     ),
     Case(
         "namespace-implicit-name-label",
-        [mnp(ingress(from_({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "other"}}})))],
+        [
+            mnp(
+                ingress(
+                    from_(
+                        {
+                            "namespaceSelector": {
+                                "matchLabels": {"kubernetes.io/metadata.name": "other"}
+                            }
+                        }
+                    )
+                )
+            )
+        ],
         (True, False),
         [tcp(OTHER_CLIENT, 80, True), tcp(DEV_CLIENT, 80, False)],
     ),
@@ -317,7 +344,9 @@ CASES = [
                     from_(
                         {
                             "namespaceSelector": {
-                                "matchExpressions": [{"key": "team", "operator": "NotIn", "values": ["a"]}]
+                                "matchExpressions": [
+                                    {"key": "team", "operator": "NotIn", "values": ["a"]}
+                                ]
                             }
                         }
                     )
@@ -378,7 +407,12 @@ CASES = [
             )
         ],
         (True, False),
-        [tcp(CLIENT, 80, True), tcp(OTHER, 80, False), tcp("10.3.1.1", 80, False), tcp("10.4.1.1", 80, True)],
+        [
+            tcp(CLIENT, 80, True),
+            tcp(OTHER, 80, False),
+            tcp("10.3.1.1", 80, False),
+            tcp("10.4.1.1", 80, True),
+        ],
     ),
     Case(
         "ipblock-ipv6",
@@ -413,7 +447,12 @@ CASES = [
         "protocol-only",
         [mnp(ingress(from_(ports=[{"protocol": "UDP"}])))],
         (True, False),
-        [(OUTSIDE, UDP, 1, True), (OUTSIDE, UDP, 65535, True), (OUTSIDE, TCP, 53, False), (OUTSIDE, ICMP, 0, False)],
+        [
+            (OUTSIDE, UDP, 1, True),
+            (OUTSIDE, UDP, 65535, True),
+            (OUTSIDE, TCP, 53, False),
+            (OUTSIDE, ICMP, 0, False),
+        ],
     ),
     Case(
         "default-protocol-tcp",
@@ -449,7 +488,12 @@ CASES = [
         "named-port-ingress-resolves-on-target",
         [mnp(ingress({"ports": [{"port": "http"}, {"port": "dns", "protocol": "UDP"}]}))],
         (True, False),
-        [tcp(OUTSIDE, 8080, True), tcp(OUTSIDE, 80, False), (OUTSIDE, UDP, 53, True), (OUTSIDE, TCP, 53, False)],
+        [
+            tcp(OUTSIDE, 8080, True),
+            tcp(OUTSIDE, 80, False),
+            (OUTSIDE, UDP, 53, True),
+            (OUTSIDE, TCP, 53, False),
+        ],
     ),
     Case(
         "named-port-ingress-protocol-must-match",
@@ -462,21 +506,38 @@ CASES = [
         [mnp(egress(to({"namespaceSelector": {}, **pods(app="web")}, ports=[{"port": "http"}])))],
         (True, True),
         [],
-        [tcp(WEB, 80, True), tcp(WEB, 8000, False), tcp(DEV_WEB, 8000, True), tcp(DEV_WEB, 80, False)],
+        [
+            tcp(WEB, 80, True),
+            tcp(WEB, 8000, False),
+            tcp(DEV_WEB, 8000, True),
+            tcp(DEV_WEB, 80, False),
+        ],
     ),
     Case(
         "named-port-egress-ipblock-matches-nothing",
         [mnp(egress(to(ipb("10.1.0.0/16"), ports=[{"port": "http"}, {"port": 443}])))],
         (True, True),
         [],
-        [tcp(WEB, 80, False), tcp(WEB, 443, True), tcp("10.1.5.5", 443, True)],
+        # 8080 is the *target's* http port: it must not leak onto egress peers.
+        [
+            tcp(WEB, 80, False),
+            tcp(WEB, 443, True),
+            tcp("10.1.5.5", 443, True),
+            tcp("10.1.5.5", 8080, False),
+        ],
     ),
     Case(
         "named-port-egress-to-all-resolves-on-every-pod",
         [mnp(egress({"ports": [{"port": "http"}]}))],
         (True, True),
         [],
-        [tcp(WEB, 80, True), tcp(DEV_WEB, 8000, True), tcp(DEV_WEB, 80, False), tcp(OUTSIDE, 80, False)],
+        [
+            tcp(WEB, 80, True),
+            tcp(DEV_WEB, 8000, True),
+            tcp(DEV_WEB, 80, False),
+            tcp(OUTSIDE, 80, False),
+            tcp(OUTSIDE, 8080, False),
+        ],
     ),
     Case(
         "named-port-unresolved-fails-closed",
@@ -495,7 +556,12 @@ CASES = [
         "icmp-option-allows-from-peers",
         [mnp(ingress(from_(pods(app="client"), ports=[{"port": 80}])))],
         (True, False),
-        [(CLIENT, ICMP, 0, True), (CLIENT6, ICMPV6, 0, True), (OTHER, ICMP, 0, False), (CLIENT, GRE, 0, False)],
+        [
+            (CLIENT, ICMP, 0, True),
+            (CLIENT6, ICMPV6, 0, True),
+            (OTHER, ICMP, 0, False),
+            (CLIENT, GRE, 0, False),
+        ],
         options=CompileOptions(allow_icmp=True),
     ),
     Case(
@@ -550,6 +616,12 @@ CASES = [
         [tcp(OUTSIDE, 80, True)],
     ),
     Case(
+        "policy-for-partly-malformed-fails-closed-on-good-networks",
+        [mnp({"podSelector": {}, "ingress": [{}]}, policy_for="net-a,Bad_Net")],
+        (True, False),
+        [tcp(OUTSIDE, 80, False)],
+    ),
+    Case(
         "policy-without-annotation-ignored",
         [mnp({"podSelector": {}, "ingress": []}, policy_for=None)],
         (False, False),
@@ -582,7 +654,10 @@ CASES = [
     Case(
         "invalid-policy-not-selecting-target-is-harmless",
         [
-            mnp({"podSelector": {"matchLabels": {"app": "x"}}, "ingress": [{"from": [{}]}]}, name="broken"),
+            mnp(
+                {"podSelector": {"matchLabels": {"app": "x"}}, "ingress": [{"from": [{}]}]},
+                name="broken",
+            ),
             mnp(ingress({}), name="allow-all"),
         ],
         (True, False),
@@ -590,7 +665,16 @@ CASES = [
     ),
     Case(
         "invalid-podselector-selects-everything",
-        [mnp({"podSelector": {"matchExpressions": [{"key": "app", "operator": "in", "values": ["x"]}]}, "ingress": [{}]})],
+        [
+            mnp(
+                {
+                    "podSelector": {
+                        "matchExpressions": [{"key": "app", "operator": "in", "values": ["x"]}]
+                    },
+                    "ingress": [{}],
+                }
+            )
+        ],
         (True, False),
         [tcp(OUTSIDE, 80, False)],
     ),
@@ -698,7 +782,9 @@ def test_named_port_egress_multiple_containers_and_duplicate_ips() -> None:
             [("api", 9000, "TCP")],
         )
     ]
-    tables = compile_for([mnp(egress(to(pods(app="twice"), ports=[{"port": "api"}])))], base=world() + extra)
+    tables = compile_for(
+        [mnp(egress(to(pods(app="twice"), ports=[{"port": "api"}])))], base=world() + extra
+    )
     assert allowed(tables.egress, "10.1.7.1", TCP, 9000)
     assert allowed(tables.egress, "10.1.7.2", TCP, 9000)
     assert not allowed(tables.egress, "10.1.7.2", TCP, 9001)

@@ -40,9 +40,17 @@ def pod(
     phase: str = "Running",
 ) -> dict[str, Any]:
     """``nets``: [(network key, [ips])] written as Multus's network-status."""
-    status = [{"name": "cbr0", "interface": "eth0", "ips": ["192.168.0.9"], "default": True, "dns": {}}]
+    status = [
+        {"name": "cbr0", "interface": "eth0", "ips": ["192.168.0.9"], "default": True, "dns": {}}
+    ]
     status += [
-        {"name": net, "interface": f"net{i + 1}", "ips": ips, "mac": f"02:00:00:00:00:{i:02x}", "dns": {}}
+        {
+            "name": net,
+            "interface": f"net{i + 1}",
+            "ips": ips,
+            "mac": f"02:00:00:00:00:{i:02x}",
+            "dns": {},
+        }
         for i, (net, ips) in enumerate(nets or [])
     ]
     return {
@@ -133,7 +141,13 @@ def world() -> list[dict[str, Any]]:
         pod("prod", "no-status", {"app": "client"}),
         pod("prod", "web", {"app": "web"}, [("prod/net-a", ["10.1.0.60"])], [("http", 80, "TCP")]),
         pod("dev", "web", {"app": "web"}, [("prod/net-a", ["10.1.0.61"])], [("http", 8000, "TCP")]),
-        pod("prod", "finished", {"app": "client"}, [("prod/net-a", ["10.1.0.70"])], phase="Succeeded"),
+        pod(
+            "prod",
+            "finished",
+            {"app": "client"},
+            [("prod/net-a", ["10.1.0.70"])],
+            phase="Succeeded",
+        ),
     ]
 
 

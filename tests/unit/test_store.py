@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from nicwarden.agent.errors import AlreadyExists, Busy, InvalidArgument, NotFound, StoreError
 from nicwarden.agent.store import DB_NAME, SCHEMA_VERSION, AttachmentKey, Store
 

@@ -24,15 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(nicwarden/proto/nicwarden/v1/agent.proto\x12\x0cnicwarden.v1\"\x13\n\x11GetVersionRequest\"\x8d\x01\n\x0bVersionInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x13\n\x0b\x61pi_version\x18\x02 \x01(\t\x12\x0e\n\x06python\x18\x03 \x01(\t\x12\x0e\n\x06kernel\x18\x04 \x01(\t\x12\x11\n\tsimulated\x18\x05 \x01(\x08\x12\x11\n\tnode_name\x18\x06 \x01(\t\x12\x12\n\nstarted_at\x18\x07 \x01(\x01\"\x0f\n\rHealthRequest\";\n\x0f\x43omponentHealth\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"O\n\x0eHealthResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x31\n\ncomponents\x18\x02 \x03(\x0b\x32\x1d.nicwarden.v1.ComponentHealth\"x\n\x06Netdev\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03mac\x18\x02 \x01(\t\x12\x0b\n\x03mtu\x18\x03 \x01(\r\x12\x11\n\toperstate\x18\x04 \x01(\t\x12\x0f\n\x07\x63\x61rrier\x18\x05 \x01(\x08\x12\x11\n\tlink_type\x18\x06 \x01(\t\x12\x0f\n\x07ifindex\x18\x07 \x01(\x05\"\xe3\x02\n\x06\x44\x65vice\x12\x13\n\x0bpci_address\x18\x01 \x01(\t\x12&\n\x04role\x18\x02 \x01(\x0e\x32\x18.nicwarden.v1.DeviceRole\x12\x0e\n\x06vendor\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x0e\n\x06\x64river\x18\x05 \x01(\t\x12\x11\n\tnuma_node\x18\x06 \x01(\x05\x12\x13\n\x0biommu_group\x18\x07 \x01(\x05\x12)\n\x06netdev\x18\x08 \x01(\x0b\x32\x14.nicwarden.v1.NetdevH\x00\x88\x01\x01\x12\x12\n\npf_address\x18\t \x01(\t\x12\x0f\n\x07pf_name\x18\n \x01(\t\x12\x10\n\x08vf_index\x18\x0b \x01(\x05\x12\x11\n\ttotal_vfs\x18\x0c \x01(\r\x12\x0f\n\x07num_vfs\x18\r \x01(\r\x12\x0f\n\x07healthy\x18\x0e \x01(\x08\x12\x15\n\rhealth_detail\x18\x0f \x01(\t\x12\x0b\n\x03vfs\x18\x10 \x03(\tB\t\n\x07_netdev\"\x9e\x01\n\x12ListDevicesRequest\x12&\n\x04role\x18\x01 \x01(\x0e\x32\x18.nicwarden.v1.DeviceRole\x12\n\n\x02pf\x18\x02 \x01(\t\x12\x0e\n\x06\x64river\x18\x03 \x01(\t\x12\x0e\n\x06vendor\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x16\n\tnuma_node\x18\x06 \x01(\x05H\x00\x88\x01\x01\x42\x0c\n\n_numa_node\"P\n\x13ListDevicesResponse\x12%\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x14.nicwarden.v1.Device\x12\x12\n\ngeneration\x18\x02 \x01(\x04\"\x1e\n\x10GetDeviceRequest\x12\n\n\x02id\x18\x01 \x01(\t*Q\n\nDeviceRole\x12\x1b\n\x17\x44\x45VICE_ROLE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45VICE_ROLE_PF\x10\x01\x12\x12\n\x0e\x44\x45VICE_ROLE_VF\x10\x02\x32\xad\x02\n\x05\x41gent\x12H\n\nGetVersion\x12\x1f.nicwarden.v1.GetVersionRequest\x1a\x19.nicwarden.v1.VersionInfo\x12\x43\n\x06Health\x12\x1b.nicwarden.v1.HealthRequest\x1a\x1c.nicwarden.v1.HealthResponse\x12R\n\x0bListDevices\x12 .nicwarden.v1.ListDevicesRequest\x1a!.nicwarden.v1.ListDevicesResponse\x12\x41\n\tGetDevice\x12\x1e.nicwarden.v1.GetDeviceRequest\x1a\x14.nicwarden.v1.Deviceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(nicwarden/proto/nicwarden/v1/agent.proto\x12\x0cnicwarden.v1\"\x13\n\x11GetVersionRequest\"\x8d\x01\n\x0bVersionInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x13\n\x0b\x61pi_version\x18\x02 \x01(\t\x12\x0e\n\x06python\x18\x03 \x01(\t\x12\x0e\n\x06kernel\x18\x04 \x01(\t\x12\x11\n\tsimulated\x18\x05 \x01(\x08\x12\x11\n\tnode_name\x18\x06 \x01(\t\x12\x12\n\nstarted_at\x18\x07 \x01(\x01\"\x0f\n\rHealthRequest\";\n\x0f\x43omponentHealth\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"O\n\x0eHealthResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x31\n\ncomponents\x18\x02 \x03(\x0b\x32\x1d.nicwarden.v1.ComponentHealth\"x\n\x06Netdev\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03mac\x18\x02 \x01(\t\x12\x0b\n\x03mtu\x18\x03 \x01(\r\x12\x11\n\toperstate\x18\x04 \x01(\t\x12\x0f\n\x07\x63\x61rrier\x18\x05 \x01(\x08\x12\x11\n\tlink_type\x18\x06 \x01(\t\x12\x0f\n\x07ifindex\x18\x07 \x01(\x05\"\xe3\x02\n\x06\x44\x65vice\x12\x13\n\x0bpci_address\x18\x01 \x01(\t\x12&\n\x04role\x18\x02 \x01(\x0e\x32\x18.nicwarden.v1.DeviceRole\x12\x0e\n\x06vendor\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\x0e\n\x06\x64river\x18\x05 \x01(\t\x12\x11\n\tnuma_node\x18\x06 \x01(\x05\x12\x13\n\x0biommu_group\x18\x07 \x01(\x05\x12)\n\x06netdev\x18\x08 \x01(\x0b\x32\x14.nicwarden.v1.NetdevH\x00\x88\x01\x01\x12\x12\n\npf_address\x18\t \x01(\t\x12\x0f\n\x07pf_name\x18\n \x01(\t\x12\x10\n\x08vf_index\x18\x0b \x01(\x05\x12\x11\n\ttotal_vfs\x18\x0c \x01(\r\x12\x0f\n\x07num_vfs\x18\r \x01(\r\x12\x0f\n\x07healthy\x18\x0e \x01(\x08\x12\x15\n\rhealth_detail\x18\x0f \x01(\t\x12\x0b\n\x03vfs\x18\x10 \x03(\tB\t\n\x07_netdev\"\x9e\x01\n\x12ListDevicesRequest\x12&\n\x04role\x18\x01 \x01(\x0e\x32\x18.nicwarden.v1.DeviceRole\x12\n\n\x02pf\x18\x02 \x01(\t\x12\x0e\n\x06\x64river\x18\x03 \x01(\t\x12\x0e\n\x06vendor\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x16\n\tnuma_node\x18\x06 \x01(\x05H\x00\x88\x01\x01\x42\x0c\n\n_numa_node\"P\n\x13ListDevicesResponse\x12%\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x14.nicwarden.v1.Device\x12\x12\n\ngeneration\x18\x02 \x01(\x04\"\x1e\n\x10GetDeviceRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x12\n\x10ListPoolsRequest\"\x96\x01\n\nPoolDevice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06health\x18\x02 \x01(\t\x12\x0f\n\x07problem\x18\x03 \x01(\t\x12\x11\n\tnuma_node\x18\x04 \x01(\x05\x12\x12\n\npf_address\x18\x05 \x01(\t\x12\x0f\n\x07pf_name\x18\x06 \x01(\t\x12\x0e\n\x06\x64river\x18\x07 \x01(\t\x12\x13\n\x0biommu_group\x18\x08 \x01(\x05\"\xb6\x01\n\x04Pool\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08resource\x18\x02 \x01(\t\x12\x0e\n\x06socket\x18\x03 \x01(\t\x12\x14\n\x0c\x64\x65vice_count\x18\x04 \x01(\r\x12\x15\n\rhealthy_count\x18\x05 \x01(\r\x12\x12\n\nregistered\x18\x06 \x01(\x08\x12\x12\n\nlast_error\x18\x07 \x01(\t\x12)\n\x07\x64\x65vices\x18\x08 \x03(\x0b\x32\x18.nicwarden.v1.PoolDevice\"M\n\x11ListPoolsResponse\x12!\n\x05pools\x18\x01 \x03(\x0b\x32\x12.nicwarden.v1.Pool\x12\x15\n\rconfig_errors\x18\x02 \x03(\t\"*\n\x16ListAllocationsRequest\x12\x10\n\x08resource\x18\x01 \x01(\t\"\x81\x01\n\nAllocation\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x15\n\rpod_namespace\x18\x03 \x01(\t\x12\x10\n\x08pod_name\x18\x04 \x01(\t\x12\x0f\n\x07pod_uid\x18\x05 \x01(\t\x12\x14\n\x0c\x61llocated_at\x18\x06 \x01(\x01\"H\n\x17ListAllocationsResponse\x12-\n\x0b\x61llocations\x18\x01 \x03(\x0b\x32\x18.nicwarden.v1.Allocation\"\x18\n\x16ListAttachmentsRequest\",\n\x14GetAttachmentRequest\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\"\xdf\x01\n\nAttachment\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0e\n\x06ifname\x18\x02 \x01(\t\x12\x0f\n\x07network\x18\x03 \x01(\t\x12\r\n\x05netns\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x0c\n\x04kind\x18\x06 \x01(\t\x12\r\n\x05state\x18\x07 \x01(\t\x12\x15\n\rpod_namespace\x18\x08 \x01(\t\x12\x10\n\x08pod_name\x18\t \x01(\t\x12\x0f\n\x07pod_uid\x18\n \x01(\t\x12\x13\n\x0bresult_json\x18\x0b \x01(\t\x12\x0f\n\x07\x63reated\x18\x0c \x01(\x01\"H\n\x17ListAttachmentsResponse\x12-\n\x0b\x61ttachments\x18\x01 \x03(\x0b\x32\x18.nicwarden.v1.Attachment\"\x8c\x01\n\rCniInvocation\x12\x38\n\x07\x63ni_env\x18\x01 \x03(\x0b\x32\'.nicwarden.v1.CniInvocation.CniEnvEntry\x12\x12\n\ncni_config\x18\x02 \x01(\t\x1a-\n\x0b\x43niEnvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"-\n\x08\x43niReply\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x0e\n\x06output\x18\x02 \x01(\t\"\x12\n\x10ReconcileRequest\"$\n\x11ReconcileResponse\x12\x0f\n\x07\x61\x63tions\x18\x01 \x03(\t*Q\n\nDeviceRole\x12\x1b\n\x17\x44\x45VICE_ROLE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45VICE_ROLE_PF\x10\x01\x12\x12\n\x0e\x44\x45VICE_ROLE_VF\x10\x02\x32\xe3\x06\n\x05\x41gent\x12H\n\nGetVersion\x12\x1f.nicwarden.v1.GetVersionRequest\x1a\x19.nicwarden.v1.VersionInfo\x12\x43\n\x06Health\x12\x1b.nicwarden.v1.HealthRequest\x1a\x1c.nicwarden.v1.HealthResponse\x12R\n\x0bListDevices\x12 .nicwarden.v1.ListDevicesRequest\x1a!.nicwarden.v1.ListDevicesResponse\x12\x41\n\tGetDevice\x12\x1e.nicwarden.v1.GetDeviceRequest\x1a\x14.nicwarden.v1.Device\x12L\n\tListPools\x12\x1e.nicwarden.v1.ListPoolsRequest\x1a\x1f.nicwarden.v1.ListPoolsResponse\x12^\n\x0fListAllocations\x12$.nicwarden.v1.ListAllocationsRequest\x1a%.nicwarden.v1.ListAllocationsResponse\x12^\n\x0fListAttachments\x12$.nicwarden.v1.ListAttachmentsRequest\x1a%.nicwarden.v1.ListAttachmentsResponse\x12Z\n\rGetAttachment\x12\".nicwarden.v1.GetAttachmentRequest\x1a%.nicwarden.v1.ListAttachmentsResponse\x12=\n\x06\x41ttach\x12\x1b.nicwarden.v1.CniInvocation\x1a\x16.nicwarden.v1.CniReply\x12=\n\x06\x44\x65tach\x12\x1b.nicwarden.v1.CniInvocation\x1a\x16.nicwarden.v1.CniReply\x12L\n\tReconcile\x12\x1e.nicwarden.v1.ReconcileRequest\x1a\x1f.nicwarden.v1.ReconcileResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nicwarden.proto.nicwarden.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DEVICEROLE']._serialized_start=1137
-  _globals['_DEVICEROLE']._serialized_end=1218
+  _globals['_CNIINVOCATION_CNIENVENTRY']._loaded_options = None
+  _globals['_CNIINVOCATION_CNIENVENTRY']._serialized_options = b'8\001'
+  _globals['_DEVICEROLE']._serialized_start=2444
+  _globals['_DEVICEROLE']._serialized_end=2525
   _globals['_GETVERSIONREQUEST']._serialized_start=58
   _globals['_GETVERSIONREQUEST']._serialized_end=77
   _globals['_VERSIONINFO']._serialized_start=80
@@ -53,6 +55,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTDEVICESRESPONSE']._serialized_end=1103
   _globals['_GETDEVICEREQUEST']._serialized_start=1105
   _globals['_GETDEVICEREQUEST']._serialized_end=1135
-  _globals['_AGENT']._serialized_start=1221
-  _globals['_AGENT']._serialized_end=1522
+  _globals['_LISTPOOLSREQUEST']._serialized_start=1137
+  _globals['_LISTPOOLSREQUEST']._serialized_end=1155
+  _globals['_POOLDEVICE']._serialized_start=1158
+  _globals['_POOLDEVICE']._serialized_end=1308
+  _globals['_POOL']._serialized_start=1311
+  _globals['_POOL']._serialized_end=1493
+  _globals['_LISTPOOLSRESPONSE']._serialized_start=1495
+  _globals['_LISTPOOLSRESPONSE']._serialized_end=1572
+  _globals['_LISTALLOCATIONSREQUEST']._serialized_start=1574
+  _globals['_LISTALLOCATIONSREQUEST']._serialized_end=1616
+  _globals['_ALLOCATION']._serialized_start=1619
+  _globals['_ALLOCATION']._serialized_end=1748
+  _globals['_LISTALLOCATIONSRESPONSE']._serialized_start=1750
+  _globals['_LISTALLOCATIONSRESPONSE']._serialized_end=1822
+  _globals['_LISTATTACHMENTSREQUEST']._serialized_start=1824
+  _globals['_LISTATTACHMENTSREQUEST']._serialized_end=1848
+  _globals['_GETATTACHMENTREQUEST']._serialized_start=1850
+  _globals['_GETATTACHMENTREQUEST']._serialized_end=1894
+  _globals['_ATTACHMENT']._serialized_start=1897
+  _globals['_ATTACHMENT']._serialized_end=2120
+  _globals['_LISTATTACHMENTSRESPONSE']._serialized_start=2122
+  _globals['_LISTATTACHMENTSRESPONSE']._serialized_end=2194
+  _globals['_CNIINVOCATION']._serialized_start=2197
+  _globals['_CNIINVOCATION']._serialized_end=2337
+  _globals['_CNIINVOCATION_CNIENVENTRY']._serialized_start=2292
+  _globals['_CNIINVOCATION_CNIENVENTRY']._serialized_end=2337
+  _globals['_CNIREPLY']._serialized_start=2339
+  _globals['_CNIREPLY']._serialized_end=2384
+  _globals['_RECONCILEREQUEST']._serialized_start=2386
+  _globals['_RECONCILEREQUEST']._serialized_end=2404
+  _globals['_RECONCILERESPONSE']._serialized_start=2406
+  _globals['_RECONCILERESPONSE']._serialized_end=2442
+  _globals['_AGENT']._serialized_start=2528
+  _globals['_AGENT']._serialized_end=3395
 # @@protoc_insertion_point(module_scope)

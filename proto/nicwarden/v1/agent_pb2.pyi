@@ -143,3 +143,160 @@ class GetDeviceRequest(_message.Message):
     ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class ListPoolsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PoolDevice(_message.Message):
+    __slots__ = ("id", "health", "problem", "numa_node", "pf_address", "pf_name", "driver", "iommu_group")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    NUMA_NODE_FIELD_NUMBER: _ClassVar[int]
+    PF_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PF_NAME_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_FIELD_NUMBER: _ClassVar[int]
+    IOMMU_GROUP_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    health: str
+    problem: str
+    numa_node: int
+    pf_address: str
+    pf_name: str
+    driver: str
+    iommu_group: int
+    def __init__(self, id: _Optional[str] = ..., health: _Optional[str] = ..., problem: _Optional[str] = ..., numa_node: _Optional[int] = ..., pf_address: _Optional[str] = ..., pf_name: _Optional[str] = ..., driver: _Optional[str] = ..., iommu_group: _Optional[int] = ...) -> None: ...
+
+class Pool(_message.Message):
+    __slots__ = ("name", "resource", "socket", "device_count", "healthy_count", "registered", "last_error", "devices")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    SOCKET_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    resource: str
+    socket: str
+    device_count: int
+    healthy_count: int
+    registered: bool
+    last_error: str
+    devices: _containers.RepeatedCompositeFieldContainer[PoolDevice]
+    def __init__(self, name: _Optional[str] = ..., resource: _Optional[str] = ..., socket: _Optional[str] = ..., device_count: _Optional[int] = ..., healthy_count: _Optional[int] = ..., registered: _Optional[bool] = ..., last_error: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[PoolDevice, _Mapping]]] = ...) -> None: ...
+
+class ListPoolsResponse(_message.Message):
+    __slots__ = ("pools", "config_errors")
+    POOLS_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    pools: _containers.RepeatedCompositeFieldContainer[Pool]
+    config_errors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, pools: _Optional[_Iterable[_Union[Pool, _Mapping]]] = ..., config_errors: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListAllocationsRequest(_message.Message):
+    __slots__ = ("resource",)
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    resource: str
+    def __init__(self, resource: _Optional[str] = ...) -> None: ...
+
+class Allocation(_message.Message):
+    __slots__ = ("resource", "device_id", "pod_namespace", "pod_name", "pod_uid", "allocated_at")
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    POD_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    POD_NAME_FIELD_NUMBER: _ClassVar[int]
+    POD_UID_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATED_AT_FIELD_NUMBER: _ClassVar[int]
+    resource: str
+    device_id: str
+    pod_namespace: str
+    pod_name: str
+    pod_uid: str
+    allocated_at: float
+    def __init__(self, resource: _Optional[str] = ..., device_id: _Optional[str] = ..., pod_namespace: _Optional[str] = ..., pod_name: _Optional[str] = ..., pod_uid: _Optional[str] = ..., allocated_at: _Optional[float] = ...) -> None: ...
+
+class ListAllocationsResponse(_message.Message):
+    __slots__ = ("allocations",)
+    ALLOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    allocations: _containers.RepeatedCompositeFieldContainer[Allocation]
+    def __init__(self, allocations: _Optional[_Iterable[_Union[Allocation, _Mapping]]] = ...) -> None: ...
+
+class ListAttachmentsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetAttachmentRequest(_message.Message):
+    __slots__ = ("container_id",)
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    def __init__(self, container_id: _Optional[str] = ...) -> None: ...
+
+class Attachment(_message.Message):
+    __slots__ = ("container_id", "ifname", "network", "netns", "device", "kind", "state", "pod_namespace", "pod_name", "pod_uid", "result_json", "created")
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    IFNAME_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    NETNS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    POD_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    POD_NAME_FIELD_NUMBER: _ClassVar[int]
+    POD_UID_FIELD_NUMBER: _ClassVar[int]
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    container_id: str
+    ifname: str
+    network: str
+    netns: str
+    device: str
+    kind: str
+    state: str
+    pod_namespace: str
+    pod_name: str
+    pod_uid: str
+    result_json: str
+    created: float
+    def __init__(self, container_id: _Optional[str] = ..., ifname: _Optional[str] = ..., network: _Optional[str] = ..., netns: _Optional[str] = ..., device: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[str] = ..., pod_namespace: _Optional[str] = ..., pod_name: _Optional[str] = ..., pod_uid: _Optional[str] = ..., result_json: _Optional[str] = ..., created: _Optional[float] = ...) -> None: ...
+
+class ListAttachmentsResponse(_message.Message):
+    __slots__ = ("attachments",)
+    ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
+    attachments: _containers.RepeatedCompositeFieldContainer[Attachment]
+    def __init__(self, attachments: _Optional[_Iterable[_Union[Attachment, _Mapping]]] = ...) -> None: ...
+
+class CniInvocation(_message.Message):
+    __slots__ = ("cni_env", "cni_config")
+    class CniEnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CNI_ENV_FIELD_NUMBER: _ClassVar[int]
+    CNI_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    cni_env: _containers.ScalarMap[str, str]
+    cni_config: str
+    def __init__(self, cni_env: _Optional[_Mapping[str, str]] = ..., cni_config: _Optional[str] = ...) -> None: ...
+
+class CniReply(_message.Message):
+    __slots__ = ("exit_code", "output")
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    exit_code: int
+    output: str
+    def __init__(self, exit_code: _Optional[int] = ..., output: _Optional[str] = ...) -> None: ...
+
+class ReconcileRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReconcileResponse(_message.Message):
+    __slots__ = ("actions",)
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    actions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, actions: _Optional[_Iterable[str]] = ...) -> None: ...

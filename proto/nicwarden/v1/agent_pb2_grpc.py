@@ -54,6 +54,41 @@ class AgentStub:
                 request_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.GetDeviceRequest.SerializeToString,
                 response_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.Device.FromString,
                 _registered_method=True)
+        self.ListPools = channel.unary_unary(
+                '/nicwarden.v1.Agent/ListPools',
+                request_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListPoolsRequest.SerializeToString,
+                response_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListPoolsResponse.FromString,
+                _registered_method=True)
+        self.ListAllocations = channel.unary_unary(
+                '/nicwarden.v1.Agent/ListAllocations',
+                request_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListAllocationsRequest.SerializeToString,
+                response_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListAllocationsResponse.FromString,
+                _registered_method=True)
+        self.ListAttachments = channel.unary_unary(
+                '/nicwarden.v1.Agent/ListAttachments',
+                request_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListAttachmentsRequest.SerializeToString,
+                response_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListAttachmentsResponse.FromString,
+                _registered_method=True)
+        self.GetAttachment = channel.unary_unary(
+                '/nicwarden.v1.Agent/GetAttachment',
+                request_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.GetAttachmentRequest.SerializeToString,
+                response_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListAttachmentsResponse.FromString,
+                _registered_method=True)
+        self.Attach = channel.unary_unary(
+                '/nicwarden.v1.Agent/Attach',
+                request_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.CniInvocation.SerializeToString,
+                response_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.CniReply.FromString,
+                _registered_method=True)
+        self.Detach = channel.unary_unary(
+                '/nicwarden.v1.Agent/Detach',
+                request_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.CniInvocation.SerializeToString,
+                response_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.CniReply.FromString,
+                _registered_method=True)
+        self.Reconcile = channel.unary_unary(
+                '/nicwarden.v1.Agent/Reconcile',
+                request_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ReconcileRequest.SerializeToString,
+                response_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ReconcileResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -83,6 +118,51 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPools(self, request, context):
+        """Device plugin pools (kubelet resources) and what kubelet allocated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAllocations(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAttachments(self, request, context):
+        """Pod attachments. Attach/Detach run the same service as the CNI shim:
+        `cni_env` and `cni_config` are exactly what a runtime would pass.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAttachment(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Attach(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Detach(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reconcile(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +185,41 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.GetDevice,
                     request_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.GetDeviceRequest.FromString,
                     response_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.Device.SerializeToString,
+            ),
+            'ListPools': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPools,
+                    request_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListPoolsRequest.FromString,
+                    response_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListPoolsResponse.SerializeToString,
+            ),
+            'ListAllocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAllocations,
+                    request_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListAllocationsRequest.FromString,
+                    response_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListAllocationsResponse.SerializeToString,
+            ),
+            'ListAttachments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAttachments,
+                    request_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListAttachmentsRequest.FromString,
+                    response_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListAttachmentsResponse.SerializeToString,
+            ),
+            'GetAttachment': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAttachment,
+                    request_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.GetAttachmentRequest.FromString,
+                    response_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListAttachmentsResponse.SerializeToString,
+            ),
+            'Attach': grpc.unary_unary_rpc_method_handler(
+                    servicer.Attach,
+                    request_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.CniInvocation.FromString,
+                    response_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.CniReply.SerializeToString,
+            ),
+            'Detach': grpc.unary_unary_rpc_method_handler(
+                    servicer.Detach,
+                    request_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.CniInvocation.FromString,
+                    response_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.CniReply.SerializeToString,
+            ),
+            'Reconcile': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reconcile,
+                    request_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ReconcileRequest.FromString,
+                    response_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ReconcileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -215,6 +330,195 @@ class Agent:
             '/nicwarden.v1.Agent/GetDevice',
             nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.GetDeviceRequest.SerializeToString,
             nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.Device.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPools(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nicwarden.v1.Agent/ListPools',
+            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListPoolsRequest.SerializeToString,
+            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListPoolsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAllocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nicwarden.v1.Agent/ListAllocations',
+            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListAllocationsRequest.SerializeToString,
+            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListAllocationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAttachments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nicwarden.v1.Agent/ListAttachments',
+            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListAttachmentsRequest.SerializeToString,
+            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListAttachmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAttachment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nicwarden.v1.Agent/GetAttachment',
+            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.GetAttachmentRequest.SerializeToString,
+            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListAttachmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Attach(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nicwarden.v1.Agent/Attach',
+            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.CniInvocation.SerializeToString,
+            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.CniReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Detach(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nicwarden.v1.Agent/Detach',
+            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.CniInvocation.SerializeToString,
+            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.CniReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reconcile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nicwarden.v1.Agent/Reconcile',
+            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ReconcileRequest.SerializeToString,
+            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ReconcileResponse.FromString,
             options,
             channel_credentials,
             insecure,

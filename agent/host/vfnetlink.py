@@ -1,0 +1,459 @@
+"""PF-side VF admin attributes (MAC, VLAN, spoof check, trust, link state,
+rates) over rtnetlink, built by hand from the kernel uapi.
+
+Layout (``include/uapi/linux/if_link.h``)::
+
+    RTM_SETLINK  ifinfomsg{index = PF}
+      IFLA_VFINFO_LIST (22)
+        IFLA_VF_INFO (1)
+          IFLA_VF_MAC | IFLA_VF_VLAN | IFLA_VF_VLAN_LIST | IFLA_VF_SPOOFCHK | ...
+
+Everything here is pure (message builders and reply parsers) except
+:func:`netlink_request`, the one function that talks to the kernel. Netlink
+integers are host-endian; only ``vlan_proto`` is big-endian (``__be16``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import os
+import re
+import socket
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
+from typing import Any, Protocol
+
+from nicwarden.agent.errors import (
+    Busy,
+    HostError,
+    InvalidArgument,
+    NicwardenError,
+    NotFound,
+    Unavailable,
+    Unsupported,
+)
+
+# -- uapi constants -----------------------------------------------------------
+
+NETLINK_ROUTE = 0
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10
+NETLINK_EXT_ACK = 11
+
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
+NLM_F_CAPPED = 0x100
+NLM_F_ACK_TLVS = 0x200
+NLMSGERR_ATTR_MSG = 1
+NLA_TYPE_MASK = 0x3FFF  # strips NLA_F_NESTED / NLA_F_NET_BYTEORDER
+
+RTM_NEWLINK = 16
+RTM_GETLINK = 18
+RTM_SETLINK = 19
+
+IFLA_VFINFO_LIST = 22
+IFLA_EXT_MASK = 29
+RTEXT_FILTER_VF = 1
+
+IFLA_VF_INFO = 1
+IFLA_VF_MAC = 1
+IFLA_VF_VLAN = 2
+IFLA_VF_SPOOFCHK = 4
+IFLA_VF_LINK_STATE = 5
+IFLA_VF_RATE = 6
+IFLA_VF_TRUST = 9
+IFLA_VF_VLAN_LIST = 12
+IFLA_VF_VLAN_INFO = 1
+
+ETH_P_8021Q = 0x8100
+ETH_P_8021AD = 0x88A8
+VLAN_PROTOS = {"802.1q": ETH_P_8021Q, "802.1ad": ETH_P_8021AD}
+LINK_STATES = {"auto": 0, "enable": 1, "disable": 2}
+
+_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+_IFINFOMSG = struct.Struct("=BxHiII")  # family, pad, type, index, flags, change
+_NLA = struct.Struct("=HH")  # len, type
+_U32 = struct.Struct("=I")
+# The kernel reports "driver did not say" as (u32)-1 for spoofchk and trust.
+_UNSET = 0xFFFFFFFF
+
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+# -- the settings -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VfSettings:
+    """A VF's admin attributes as the PF sees them. ``None``: not known (get)
+    or leave unchanged (set). Names and values follow sriov-cni's NAD keys."""
+
+    mac: str | None = None  # lower-case "aa:bb:cc:dd:ee:ff"; all-zero = no admin MAC
+    vlan: int | None = None  # 0-4094; 0 = untagged
+    qos: int | None = None  # 802.1p priority 0-7
+    vlan_proto: str | None = None  # "802.1q" or "802.1ad"
+    spoofchk: bool | None = None
+    trust: bool | None = None
+    link_state: str | None = None  # "auto", "enable" or "disable"
+    min_tx_rate: int | None = None  # Mbps, 0 = no guarantee
+    max_tx_rate: int | None = None  # Mbps, 0 = unlimited
+
+    def given(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+
+class VfConfigurator(Protocol):
+    def get(self, pf_ifname: str, vf: int) -> VfSettings: ...
+
+    def set(self, pf_ifname: str, vf: int, settings: VfSettings) -> None: ...
+
+
+def validate(vf: int, s: VfSettings) -> None:
+    """Reject what every driver would: bad ranges, a multicast MAC, qos or an
+    S-tag without a VLAN to carry them."""
+    if vf < 0:
+        raise InvalidArgument(f"VF index must be >= 0, got {vf}")
+    if s.mac is not None:
+        mac = s.mac.lower()
+        if not _MAC.match(mac):
+            raise InvalidArgument(f"mac {s.mac!r} is not a MAC address (xx:xx:xx:xx:xx:xx)")
+        # A VF's MAC must be unicast (is_multicast_ether_addr() -> EINVAL in drivers).
+        if int(mac[:2], 16) & 1:
+            raise InvalidArgument(f"mac {s.mac} is a multicast address; a VF needs a unicast MAC")
+    if s.vlan is not None and not 0 <= s.vlan <= 4094:
+        raise InvalidArgument(f"vlan {s.vlan} is out of range 0-4094")
+    if s.qos is not None and not 0 <= s.qos <= 7:
+        raise InvalidArgument(f"qos {s.qos} is out of range 0-7")
+    if s.vlan_proto is not None and s.vlan_proto.lower() not in VLAN_PROTOS:
+        raise InvalidArgument(f"vlan_proto {s.vlan_proto!r} is not 802.1q or 802.1ad")
+    if s.vlan is None and (s.qos is not None or s.vlan_proto is not None):
+        # One netlink attribute carries all three: qos alone has no meaning.
+        raise InvalidArgument("qos and vlan_proto are set together with vlan")
+    if s.link_state is not None and s.link_state not in LINK_STATES:
+        raise InvalidArgument(f"link_state {s.link_state!r} is not auto, enable or disable")
+    for name in ("min_tx_rate", "max_tx_rate"):
+        rate = getattr(s, name)
+        if rate is not None and not 0 <= rate <= 0xFFFFFFFF:
+            raise InvalidArgument(f"{name} {rate} is out of range 0-{0xFFFFFFFF}")
+    lo, hi = s.min_tx_rate, s.max_tx_rate
+    if lo is not None and hi is not None and hi and lo > hi:
+        raise InvalidArgument(f"min_tx_rate {lo} is greater than max_tx_rate {hi}")
+
+
+# -- message builders ---------------------------------------------------------
+
+
+def nla(attr_type: int, payload: bytes) -> bytes:
+    """One netlink attribute, padded to 4 bytes (NLA_ALIGN)."""
+    length = _NLA.size + len(payload)
+    return _NLA.pack(length, attr_type) + payload + b"\0" * (-length % 4)
+
+
+def nlmsg(msg_type: int, flags: int, seq: int, body: bytes) -> bytes:
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), msg_type, flags, seq, 0) + body
+
+
+def ifinfomsg(index: int) -> bytes:
+    return _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0)
+
+
+def vf_mac(vf: int, mac: str) -> bytes:
+    raw = bytes(int(octet, 16) for octet in mac.split(":"))
+    return nla(IFLA_VF_MAC, struct.pack("=I32s", vf, raw))  # struct ifla_vf_mac
+
+
+def vf_vlan(vf: int, vlan: int, qos: int, proto: str = "802.1q") -> bytes:
+    if proto == "802.1q":
+        # The original attribute: every SR-IOV driver understands it (802.1Q).
+        return nla(IFLA_VF_VLAN, struct.pack("=III", vf, vlan, qos))
+    # 802.1ad needs the list form, whose entry carries a big-endian ethertype;
+    # the kernel wants sizeof(struct ifla_vf_vlan_info) = 16 (2 bytes of tail padding).
+    info = struct.pack("=III", vf, vlan, qos) + struct.pack(">H", VLAN_PROTOS[proto]) + b"\0\0"
+    return nla(IFLA_VF_VLAN_LIST, nla(IFLA_VF_VLAN_INFO, info))
+
+
+def vf_spoofchk(vf: int, on: bool) -> bytes:
+    return nla(IFLA_VF_SPOOFCHK, struct.pack("=II", vf, int(on)))
+
+
+def vf_trust(vf: int, on: bool) -> bytes:
+    return nla(IFLA_VF_TRUST, struct.pack("=II", vf, int(on)))
+
+
+def vf_link_state(vf: int, state: str) -> bytes:
+    return nla(IFLA_VF_LINK_STATE, struct.pack("=II", vf, LINK_STATES[state]))
+
+
+def vf_rate(vf: int, min_tx: int, max_tx: int) -> bytes:
+    return nla(IFLA_VF_RATE, struct.pack("=III", vf, min_tx, max_tx))
+
+
+def setlink_vf(ifindex: int, vf_attr: bytes, seq: int) -> bytes:
+    """RTM_SETLINK on the PF carrying one IFLA_VF_* attribute."""
+    body = ifinfomsg(ifindex) + nla(IFLA_VFINFO_LIST, nla(IFLA_VF_INFO, vf_attr))
+    return nlmsg(RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, seq, body)
+
+
+def getlink_vfs(ifindex: int, seq: int) -> bytes:
+    """RTM_GETLINK asking for the VF list (the kernel omits it without RTEXT_FILTER_VF)."""
+    body = ifinfomsg(ifindex) + nla(IFLA_EXT_MASK, _U32.pack(RTEXT_FILTER_VF))
+    return nlmsg(RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK, seq, body)
+
+
+@dataclass(frozen=True)
+class VfRequest:
+    attribute: str  # what a refusal names: "mac", "vlan", "spoofchk", ...
+    attr: bytes  # the IFLA_VF_* attribute
+
+
+def vf_requests(vf: int, s: VfSettings, current: VfSettings | None = None) -> list[VfRequest]:
+    """One request per attribute, so a driver refusing one names it.
+
+    MAC goes first: some drivers (iavf under ice/i40e) reset the VF to apply
+    it, and a reset must not undo settings applied before it. A rate given
+    alone keeps the other bound from ``current``, as ``ip link set vf`` does.
+    """
+    out: list[VfRequest] = []
+    if s.mac is not None:
+        out.append(VfRequest("mac", vf_mac(vf, s.mac.lower())))
+    if s.vlan is not None:
+        proto = (s.vlan_proto or "802.1q").lower()
+        out.append(VfRequest("vlan", vf_vlan(vf, s.vlan, s.qos or 0, proto)))
+    if s.spoofchk is not None:
+        out.append(VfRequest("spoofchk", vf_spoofchk(vf, s.spoofchk)))
+    if s.trust is not None:
+        out.append(VfRequest("trust", vf_trust(vf, s.trust)))
+    if s.link_state is not None:
+        out.append(VfRequest("link_state", vf_link_state(vf, s.link_state)))
+    if s.min_tx_rate is not None or s.max_tx_rate is not None:
+        have = current or VfSettings()
+        lo = s.min_tx_rate if s.min_tx_rate is not None else have.min_tx_rate or 0
+        hi = s.max_tx_rate if s.max_tx_rate is not None else have.max_tx_rate or 0
+        out.append(VfRequest("tx_rate", vf_rate(vf, lo, hi)))
+    return out
+
+
+def needs_current(s: VfSettings) -> bool:
+    return (s.min_tx_rate is None) != (s.max_tx_rate is None)
+
+
+# -- reply parsers ------------------------------------------------------------
+
+
+def attrs(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(type, payload) of each attribute in ``data``; stops at a malformed one."""
+    off = 0
+    while off + _NLA.size <= len(data):
+        length, attr_type = _NLA.unpack_from(data, off)
+        if length < _NLA.size or off + length > len(data):
+            return
+        yield attr_type & NLA_TYPE_MASK, data[off + _NLA.size : off + length]
+        off += (length + 3) & ~3
+
+
+@dataclass(frozen=True)
+class NetlinkMessage:
+    type: int
+    flags: int
+    seq: int
+    payload: bytes
+
+
+def messages(data: bytes) -> list[NetlinkMessage]:
+    out = []
+    off = 0
+    while off + _NLMSGHDR.size <= len(data):
+        length, msg_type, flags, seq, _pid = _NLMSGHDR.unpack_from(data, off)
+        if length < _NLMSGHDR.size or off + length > len(data):
+            break
+        out.append(NetlinkMessage(msg_type, flags, seq, data[off + _NLMSGHDR.size : off + length]))
+        off += (length + 3) & ~3
+    return out
+
+
+def parse_vf_info(data: bytes) -> tuple[int, VfSettings]:
+    """One IFLA_VF_INFO nest → (vf index, settings)."""
+    vf = -1
+    values: dict[str, Any] = {}
+    for attr_type, payload in attrs(data):
+        if attr_type == IFLA_VF_MAC and len(payload) >= 10:
+            vf = _U32.unpack_from(payload)[0]
+            values["mac"] = ":".join(f"{b:02x}" for b in payload[4:10])
+        elif attr_type == IFLA_VF_VLAN and len(payload) >= 12:
+            vf, values["vlan"], values["qos"] = struct.unpack_from("=III", payload)
+            values.setdefault("vlan_proto", "802.1q")
+        elif attr_type == IFLA_VF_VLAN_LIST:
+            for info_type, info in attrs(payload):
+                if info_type == IFLA_VF_VLAN_INFO and len(info) >= 14:
+                    vf, values["vlan"], values["qos"] = struct.unpack_from("=III", info)
+                    proto = struct.unpack_from(">H", info, 12)[0]
+                    values["vlan_proto"] = {v: k for k, v in VLAN_PROTOS.items()}.get(proto)
+                    break
+        elif attr_type == IFLA_VF_RATE and len(payload) >= 12:
+            vf, values["min_tx_rate"], values["max_tx_rate"] = struct.unpack_from("=III", payload)
+        elif attr_type in (IFLA_VF_SPOOFCHK, IFLA_VF_TRUST) and len(payload) >= 8:
+            vf, setting = struct.unpack_from("=II", payload)
+            name = "spoofchk" if attr_type == IFLA_VF_SPOOFCHK else "trust"
+            values[name] = None if setting == _UNSET else bool(setting)
+        elif attr_type == IFLA_VF_LINK_STATE and len(payload) >= 8:
+            vf, state = struct.unpack_from("=II", payload)
+            values["link_state"] = {v: k for k, v in LINK_STATES.items()}.get(state)
+    return vf, VfSettings(**values)
+
+
+def parse_link_vfs(payload: bytes) -> dict[int, VfSettings] | None:
+    """An RTM_NEWLINK payload → settings per VF index; None when the link
+    reports no VF list (not a PF, or its driver has no ndo_get_vf_config)."""
+    if len(payload) < _IFINFOMSG.size:
+        raise HostError("short RTM_NEWLINK reply")
+    found: dict[int, VfSettings] | None = None
+    for attr_type, data in attrs(payload[_IFINFOMSG.size :]):
+        if attr_type != IFLA_VFINFO_LIST:
+            continue
+        found = {}
+        for info_type, info in attrs(data):
+            if info_type == IFLA_VF_INFO:
+                vf, settings = parse_vf_info(info)
+                if vf >= 0:
+                    found[vf] = settings
+    return found
+
+
+def parse_error(msg: NetlinkMessage) -> tuple[int, str]:
+    """An NLMSG_ERROR → (positive errno or 0 for an ACK, the kernel's extack text)."""
+    (code,) = struct.unpack_from("=i", msg.payload)
+    text = ""
+    if msg.flags & NLM_F_ACK_TLVS:
+        # struct nlmsgerr: error, then the request's header (plus its body
+        # unless the ACK is capped), then the extended-ACK attributes.
+        off = 4 + _NLMSGHDR.size
+        if not msg.flags & NLM_F_CAPPED:
+            off = 4 + _NLMSGHDR.unpack_from(msg.payload, 4)[0]
+        for attr_type, data in attrs(msg.payload[(off + 3) & ~3 :]):
+            if attr_type == NLMSGERR_ATTR_MSG:
+                text = data.split(b"\0", 1)[0].decode(errors="replace")
+    return -code, text
+
+
+# -- the kernel boundary ------------------------------------------------------
+
+
+class NetlinkFailure(Exception):
+    def __init__(self, code: int, text: str = "") -> None:
+        super().__init__(os.strerror(code) + (f": {text}" if text else ""))
+        self.code = code
+        self.text = text
+
+
+Transport = Callable[[bytes], list[NetlinkMessage]]
+
+
+def netlink_request(message: bytes, timeout_s: float = 5.0) -> list[NetlinkMessage]:
+    """Send one prebuilt rtnetlink request; return the replies before its ACK.
+
+    Raises NetlinkFailure with the errno (and the kernel's extended-ACK text)
+    when the kernel refuses, TimeoutError when it does not answer."""
+    seq = _NLMSGHDR.unpack_from(message)[3]
+    with socket.socket(
+        socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE
+    ) as s:
+        s.settimeout(timeout_s)
+        for opt in (NETLINK_EXT_ACK, NETLINK_CAP_ACK):  # best effort: older kernels lack them
+            with contextlib.suppress(OSError):
+                s.setsockopt(SOL_NETLINK, opt, 1)
+        s.bind((0, 0))
+        s.sendto(message, (0, 0))
+        replies: list[NetlinkMessage] = []
+        while True:
+            # A PF with hundreds of VFs answers in one large datagram: peek at
+            # its real size (MSG_TRUNC) instead of guessing a buffer.
+            size = s.recv_into(bytearray(16), 16, socket.MSG_PEEK | socket.MSG_TRUNC)
+            for msg in messages(s.recv(max(size, 16))):
+                if msg.seq != seq:
+                    continue
+                if msg.type == NLMSG_ERROR:
+                    code, text = parse_error(msg)
+                    if code:
+                        raise NetlinkFailure(code, text)
+                    return replies
+                if msg.type == NLMSG_DONE:
+                    return replies
+                replies.append(msg)
+
+
+# -- the configurator ---------------------------------------------------------
+
+
+def translate(err: NetlinkFailure, what: str) -> NicwardenError:
+    detail = err.text
+    if err.code in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPROTONOSUPPORT):
+        return Unsupported(f"{what}: the PF driver does not support this VF attribute", detail)
+    if err.code in (errno.ENODEV, errno.ENOENT):
+        return NotFound(f"{what}: no such device", detail)
+    if err.code in (errno.EINVAL, errno.ERANGE):
+        return InvalidArgument(f"{what}: the PF driver rejected the value", detail)
+    if err.code in (errno.EBUSY, errno.EAGAIN):
+        return Busy(f"{what}: {os.strerror(err.code)}", detail)
+    return HostError(f"{what}: {os.strerror(err.code)}", detail)
+
+
+_seq = itertools.count(1)
+
+
+class NetlinkVfConfigurator:
+    """VfConfigurator on a real PF: one RTM_SETLINK per attribute."""
+
+    def __init__(
+        self,
+        transport: Transport = netlink_request,
+        index_of: Callable[[str], int] = socket.if_nametoindex,
+    ) -> None:
+        self._transport = transport
+        self._index_of = index_of
+
+    def _index(self, pf_ifname: str) -> int:
+        try:
+            return self._index_of(pf_ifname)
+        except OSError as e:
+            raise NotFound(f"PF netdev {pf_ifname} not found in the host netns") from e
+
+    def _send(self, message: bytes, what: str) -> list[NetlinkMessage]:
+        try:
+            return self._transport(message)
+        except NetlinkFailure as e:
+            raise translate(e, what) from e
+        except TimeoutError as e:
+            raise Unavailable(f"{what}: the kernel did not answer") from e
+
+    def get_all(self, pf_ifname: str) -> dict[int, VfSettings]:
+        index = self._index(pf_ifname)
+        what = f"read VF settings of {pf_ifname}"
+        for msg in self._send(getlink_vfs(index, next(_seq)), what):
+            if msg.type == RTM_NEWLINK:
+                vfs = parse_link_vfs(msg.payload)
+                if vfs is None:
+                    raise Unsupported(
+                        f"{what}: the device reports no VFs (not an SR-IOV PF, or its"
+                        " driver does not expose VF configuration)"
+                    )
+                return vfs
+        raise HostError(f"{what}: the kernel sent no link message")
+
+    def get(self, pf_ifname: str, vf: int) -> VfSettings:
+        vfs = self.get_all(pf_ifname)
+        if vf not in vfs:
+            raise NotFound(f"PF {pf_ifname} has no VF {vf} ({len(vfs)} VFs enabled)")
+        return vfs[vf]
+
+    def set(self, pf_ifname: str, vf: int, settings: VfSettings) -> None:
+        validate(vf, settings)
+        index = self._index(pf_ifname)
+        current = self.get(pf_ifname, vf) if needs_current(settings) else None
+        for req in vf_requests(vf, settings, current):
+            message = setlink_vf(index, req.attr, next(_seq))
+            self._send(message, f"{pf_ifname} VF {vf}: set {req.attribute}")
