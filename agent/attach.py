@@ -17,16 +17,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from nicwarden.agent import ipam
 from nicwarden.agent.errors import AlreadyExists, Busy, NicwardenError, NotFound
 from nicwarden.agent.faults import crash_point
+from nicwarden.agent.host.discovery import read_function, read_netdev
 from nicwarden.agent.host.netlink import Netlink
 from nicwarden.agent.host.paths import HostPaths
-from nicwarden.agent.model import VF, Inventory
+from nicwarden.agent.model import PF, VF, Inventory
 from nicwarden.agent.store import Attachment, AttachmentKey, Store
 from nicwarden.cni.errors import CniError
 from nicwarden.cni.request import CniRequest
@@ -142,19 +143,17 @@ class AttachService:
         with self.locks.hold(f"vf:{req.device_id}", f"att:{key}"):
             vf = self._find_vf(req.device_id)
             self._claimable(vf, key)
-            pod = self.ctx.netlink(req.netns)
-            if pod.link(req.ifname) is not None:
-                raise CniError(
-                    INVALID_CONFIG, f"interface {req.ifname} already exists in {req.netns}"
-                )
-            if vf.fn.is_vfio:
-                return self._add_dpdk(req, vf)
-            return self._add_netdev(req, vf, pod)
+            with self.ctx.netlink(req.netns) as pod:
+                if pod.link(req.ifname) is not None:
+                    raise CniError(
+                        INVALID_CONFIG, f"interface {req.ifname} already exists in {req.netns}"
+                    )
+                if vf.fn.is_vfio:
+                    return self._add_dpdk(req, vf)
+                return self._add_netdev(req, vf, pod)
 
     def _find_vf(self, address: str) -> VF:
-        found = self.ctx.inventory.snapshot().find(address)
-        if found is None:
-            found = self.ctx.inventory.rescan().find(address)
+        found = self._fresh(address)
         if found is None:
             raise CniError(INVALID_CONFIG, f"deviceID {address} is not a VF on this node")
         if not isinstance(found, VF):
@@ -259,18 +258,17 @@ class AttachService:
         undo.push("forget attachment", lambda: self.ctx.store.delete_attachment(att.key))
         try:
             self._apply_pf_side(req, vf, undo, original)
-            host = self.ctx.netlink(None)
             undo.push("bring VF home", lambda: self._bring_home(vf, att, original))
-            host.set_link(nd.name, up=False)
-            host.move_to_netns(nd.name, req.netns, new_name=req.ifname)
+            self.ctx.netlink(None).move_to_netns(nd.name, req.netns, new_name=req.ifname)
             crash_point("attach.after_move")
             pod.drop_altnames(req.ifname)
             opts = req.options
-            if opts is not None and opts.mac:
-                pod.set_link(req.ifname, mac=opts.mac)
-            if opts is not None and opts.mtu:
-                pod.set_link(req.ifname, mtu=opts.mtu)
-            pod.set_link(req.ifname, up=True)
+            pod.set_link(
+                req.ifname,
+                mac=opts.mac if opts is not None and opts.mac else None,
+                mtu=opts.mtu if opts is not None and opts.mtu else None,
+                up=True,
+            )
             ip_result = self._ipam_add(req, undo)
             if ip_result is not None:
                 ipam.apply(pod, req.ifname, ip_result)
@@ -383,20 +381,32 @@ class AttachService:
         self.ctx.store.delete_attachment(att.key)
 
     def _find_vf_anyhow(self, address: str) -> VF | None:
-        found = self.ctx.inventory.rescan().find(address)
+        found = self._fresh(address)
         return found if isinstance(found, VF) else None
+
+    def _fresh(self, address: str) -> PF | VF | None:
+        """The device as sysfs says right now. Reads only that function (a
+        full rescan on every step costs more than the netlink work itself);
+        the snapshot supplies its place in the tree."""
+        known = self.ctx.inventory.snapshot().find(address)
+        if known is None:
+            known = self.ctx.inventory.rescan().find(address)
+        if not isinstance(known, VF):
+            return known
+        if not (self.ctx.paths.pci_devices / known.address).exists():
+            return self.ctx.inventory.rescan().find(address)
+        return replace(known, fn=read_function(self.ctx.paths, known.address))
 
     def _bring_home(self, vf: VF, att: Attachment, original: Mapping[str, Any]) -> None:
         """Return the VF netdev to the host netns with its original name, MAC, MTU."""
         name, mac, mtu = original.get("name"), original.get("mac"), original.get("mtu")
-        host = self.ctx.netlink(None)
         current = self._host_netdev(vf.address)
         if current is None and netns_alive(att.netns):
-            pod = self.ctx.netlink(att.netns)
-            inside = pod.link(att.ifname) if att.netns else None
-            if inside is not None:
-                pod.set_link(att.ifname, up=False)
-                pod.move_to_netns(att.ifname, None, new_name=name or None)
+            with self.ctx.netlink(att.netns) as pod:
+                if pod.link(att.ifname) is not None:
+                    pod.move_to_netns(att.ifname, None, new_name=name or None)
+                    current = name or None
+            if current is None:
                 current = self._wait_home(vf.address, 1.0)
         if current is None:
             # The netns is dying: the kernel returns the VF shortly.
@@ -407,21 +417,18 @@ class AttachService:
                 f"VF {vf.address} is neither in {att.netns or 'the pod netns'} nor back in the"
                 " host netns yet; retry DEL",
             )
-        host.set_link(current, up=False)
-        if name and current != name:
-            host.set_link(current, new_name=name)
-            current = name
-        if mac:
-            host.set_link(current, mac=mac)
-        if mtu:
-            host.set_link(current, mtu=mtu)
-        host.set_link(current, up=True)
+        with self.ctx.netlink(None) as host:
+            host.set_link(
+                current,
+                new_name=name if name and current != name else None,
+                mac=mac or None,
+                mtu=mtu or None,
+                up=True,
+            )
 
     def _host_netdev(self, address: str) -> str | None:
-        found = self.ctx.inventory.rescan().find(address)
-        if isinstance(found, VF) and found.fn.netdev is not None:
-            return found.fn.netdev.name
-        return None
+        nd = read_netdev(self.ctx.paths.pci_devices / address)
+        return nd.name if nd is not None else None
 
     def _wait_home(self, address: str, timeout: float) -> str | None:
         deadline = time.monotonic() + timeout

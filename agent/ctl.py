@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -18,6 +19,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
 from nicwarden.agent import __version__
+from nicwarden.cni.install import install_shim
 from nicwarden.proto.nicwarden.v1 import agent_pb2 as pb
 from nicwarden.proto.nicwarden.v1 import agent_pb2_grpc as pb_grpc
 
@@ -234,6 +236,17 @@ def cmd_reconcile(client: Client, args: argparse.Namespace) -> tuple[Message, st
     return resp, "\n".join(resp.actions) or "nothing to do"
 
 
+def cmd_install_cni(args: argparse.Namespace) -> int:
+    """Local: copy the shim into the CNI bin dir (no agent needed)."""
+    try:
+        target = install_shim(Path(args.dir), python=args.python)
+    except (OSError, ValueError) as e:
+        print(f"nicwardenctl: cannot install the CNI shim into {args.dir}: {e}", file=sys.stderr)
+        return EXIT_SERVER
+    print(f"installed {target}")
+    return EXIT_OK
+
+
 Command = Callable[[Client, argparse.Namespace], tuple[Message, str]]
 
 
@@ -273,12 +286,19 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_reconcile
     )
     sub.add_parser("version", help="agent and CLI versions").set_defaults(func=cmd_version)
+    inst = sub.add_parser("install-cni", help="install the CNI shim (local, atomic)")
+    inst.add_argument("--dir", default="/opt/cni/bin")
+    inst.add_argument("--python", default="/usr/bin/python3", help="interpreter for the shim")
+    inst.set_defaults(local=cmd_install_cni)
     sub.add_parser("health", help="agent component health").set_defaults(func=cmd_health)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "local", None) is not None:
+        code: int = args.local(args)
+        return code
     client = Client(args.socket, args.timeout)
     try:
         msg, text = args.func(client, args)

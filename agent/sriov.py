@@ -539,12 +539,15 @@ def _wait_for_vfs(ctx: DeviceCtx, address: str, n: int, timeout: float, label: s
         pf = next((p for p in ctx.inventory.rescan().pfs if p.address == address), None)
         vfs = pf.vfs if pf else ()
         bound = sum(1 for vf in vfs if vf.fn.driver)
-        if len(vfs) == n and (not autoprobe or bound == n):
+        # The count attribute and the virtfn links change at different
+        # moments: the next change reads the count, so wait for both.
+        count = pf.num_vfs if pf else -1
+        if count == n and len(vfs) == n and (not autoprobe or bound == n):
             return
         if time.monotonic() >= deadline:
             raise Unavailable(
-                f"{label}: {len(vfs)} of {n} VFs present, {bound} with a driver,"
-                f" {timeout:g}s after the change"
+                f"{label}: sriov_numvfs reads {count}; {len(vfs)} of {n} VFs present,"
+                f" {bound} with a driver, {timeout:g}s after the change"
             )
         time.sleep(ctx.poll_s)
 

@@ -12,7 +12,7 @@
  * (init_net for forwarded/received packets), not the device's.
  *
  * Per packet, independent of rule and CIDR count:
- *   parse (Ethernet, one VLAN tag, IPv4/IPv6 + bounded extension headers,
+ *   parse (Ethernet, up to two VLAN tags, IPv4/IPv6 + bounded extension headers,
  *   TCP/UDP/SCTP ports, ICMP/ICMPv6) with bpf_skb_load_bytes (works for
  *   non-linear skbs, where direct packet access would need a pull first);
  *   always pass ARP, IPv6 ND and MLD, and non-IP ethertypes;
@@ -46,6 +46,9 @@ NW_DECLARE_MAPS
 
 #define ETH_P_8021Q_ 0x8100
 #define ETH_P_8021AD_ 0x88A8
+#define ETH_P_MPLS_UC_ 0x8847
+#define ETH_P_MPLS_MC_ 0x8848
+#define ETH_P_PPP_SES_ 0x8864
 
 #define NEXTHDR_HOP_ 0
 #define NEXTHDR_ROUTING_ 43
@@ -390,21 +393,35 @@ int nw_policy(struct __sk_buff *skb)
         return NW_PASS; /* runt frame: nothing policy could say about it */
     }
     __u16 ethertype = bpf_ntohs(h_proto);
-    if (ethertype == ETH_P_8021Q_ || ethertype == ETH_P_8021AD_) {
-        /* One in-band tag (hardware-accelerated tags are already stripped
-         * into skb->vlan_tci and do not appear here). */
-        if (bpf_skb_load_bytes(skb, 16, &h_proto, sizeof(h_proto)) < 0)
-            return NW_DROP;
+    /* Up to two in-band tags (802.1ad + 802.1Q); a hardware-accelerated
+     * tag is already stripped into skb->vlan_tci and does not appear here. */
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        if (ethertype != ETH_P_8021Q_ && ethertype != ETH_P_8021AD_)
+            break;
+        if (bpf_skb_load_bytes(skb, off + 2, &h_proto, sizeof(h_proto)) < 0) {
+            ethertype = 0; /* truncated tag: no payload to judge */
+            break;
+        }
         ethertype = bpf_ntohs(h_proto);
         off += 4;
     }
 
-    int parsed = nw_parse_ip(skb, off, ethertype, &pkt);
+    int parsed;
+    if (ethertype == ETH_P_8021Q_ || ethertype == ETH_P_8021AD_ || ethertype == ETH_P_MPLS_UC_ ||
+        ethertype == ETH_P_MPLS_MC_ || ethertype == ETH_P_PPP_SES_) {
+        /* Encapsulations that carry IP past a parser that stops here (a
+         * third tag, MPLS, PPPoE session): passing them as "non-IP" would
+         * tunnel around the policy, so an isolated direction drops them. */
+        parsed = PARSE_MALFORMED;
+    } else {
+        parsed = nw_parse_ip(skb, off, ethertype, &pkt);
+    }
     if (parsed == PARSE_IP)
         parsed = nw_parse_l4(skb, &pkt);
     if (parsed == PARSE_ALWAYS) {
-        /* ARP must pass for IPv4 to work at all; other ethertypes (PTP,
-         * LLDP, ...) are outside the IP-only policy model, as with the
+        /* ARP must pass for IPv4 to work at all; other non-IP ethertypes
+         * (PTP, LLDP, ...) are outside the IP-only policy model, as with the
          * iptables-based reference implementation. */
         nw_count(iface, dir, NW_V_PASS_ALWAYS, skb->len);
         return NW_PASS;

@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3 -IS
 """nicwarden CNI shim: forwards one CNI invocation to the nicwarden agent.
 
 The runtime (or Multus) execs this for every pod attachment, so it is one
@@ -7,6 +7,10 @@ stdlib-only file that any host ``python3 >= 3.9`` runs, copied to
 logic beyond answering VERSION: it sends ``{"env": {CNI_*}, "stdin": "<config>"}``
 to ``POST /v1/cni`` on the agent's unix socket and prints the answer verbatim
 with the exit code from ``X-CNI-Exit-Code``.
+
+``-IS`` (isolated, no site packages) halves interpreter start-up: the shim
+needs only the stdlib. ``nicwardenctl install-cni`` rewrites this line when
+the host's python3 lives elsewhere.
 
 The socket is the config's top-level ``agentSocket``, else
 ``$NICWARDEN_CNI_SOCKET``, else ``/run/nicwarden/cni.sock``.

@@ -21,48 +21,68 @@ ARPHRD = {1: "ether", 32: "infiniband"}
 _VIRTFN = re.compile(r"^virtfn(\d+)$")
 
 
-def _hex_id(path: Path) -> str:
+def _hex_id(path: str) -> str:
     text = read_attr(path) or ""
     return text.lower().removeprefix("0x")
 
 
-def read_netdev(dev_dir: Path) -> NetdevState | None:
-    net = dev_dir / "net"
+def read_netdev(dev_dir: Path | str) -> NetdevState | None:
+    net = os.path.join(dev_dir, "net")
     try:
         names = sorted(os.listdir(net))
     except (FileNotFoundError, NotADirectoryError):
         return None
     for name in names:
-        nd = net / name
+        nd = os.path.join(net, name)
         # A dangling entry is a netdev that left the host netns.
-        if not nd.exists():
+        if not os.path.exists(nd):
             continue
         return NetdevState(
             name=name,
-            mac=read_attr(nd / "address") or "",
-            mtu=read_int(nd / "mtu", 0) or 0,
-            operstate=read_attr(nd / "operstate") or "unknown",
-            carrier=read_int(nd / "carrier", 0) == 1,
-            link_type=ARPHRD.get(read_int(nd / "type", 1) or 1, "other"),
-            ifindex=read_int(nd / "ifindex", 0) or 0,
+            mac=read_attr(os.path.join(nd, "address")) or "",
+            mtu=read_int(os.path.join(nd, "mtu"), 0) or 0,
+            operstate=read_attr(os.path.join(nd, "operstate")) or "unknown",
+            carrier=read_int(os.path.join(nd, "carrier"), 0) == 1,
+            link_type=ARPHRD.get(read_int(os.path.join(nd, "type"), 1) or 1, "other"),
+            ifindex=read_int(os.path.join(nd, "ifindex"), 0) or 0,
         )
     return None
 
 
-def _numa(dev_dir: Path) -> int:
-    numa = read_int(dev_dir / "numa_node")
-    return -1 if numa is None else numa
+# Identity attributes never change for a device at a given address, and are
+# most of a scan's reads; cache them per sysfs tree.
+_static: dict[str, tuple[str, str, str, int]] = {}
+
+
+def _identity(dev_dir: str) -> tuple[str, str, str, int]:
+    cached = _static.get(dev_dir)
+    if cached is None:
+        numa = read_int(os.path.join(dev_dir, "numa_node"))
+        cached = (
+            _hex_id(os.path.join(dev_dir, "vendor")),
+            _hex_id(os.path.join(dev_dir, "device")),
+            read_attr(os.path.join(dev_dir, "class")) or "",
+            -1 if numa is None else numa,
+        )
+        if cached[0]:  # never cache a half-created device
+            _static[dev_dir] = cached
+    return cached
+
+
+def forget(dev_dir: str) -> None:
+    _static.pop(dev_dir, None)
 
 
 def read_function(paths: HostPaths, address: str) -> PciFunction:
-    d = paths.pci_devices / address
-    group = link_name(d / "iommu_group")
+    d = os.path.join(paths.pci_devices, address)
+    vendor, device, _cls, numa = _identity(d)
+    group = link_name(os.path.join(d, "iommu_group"))
     return PciFunction(
         address=address,
-        vendor=_hex_id(d / "vendor"),
-        device=_hex_id(d / "device"),
-        driver=link_name(d / "driver"),
-        numa_node=_numa(d),
+        vendor=vendor,
+        device=device,
+        driver=link_name(os.path.join(d, "driver")),
+        numa_node=numa,
         iommu_group=int(group) if group is not None and group.isdigit() else None,
         netdev=read_netdev(d),
     )
@@ -84,9 +104,11 @@ def _virtfns(pf_dir: Path) -> list[tuple[int, str]]:
 
 
 def is_sriov_pf(paths: HostPaths, address: str) -> bool:
-    d = paths.pci_devices / address
-    cls = read_attr(d / "class") or ""
-    return cls.startswith(NET_CLASS_PREFIX) and (read_int(d / "sriov_totalvfs", 0) or 0) > 0
+    d = os.path.join(paths.pci_devices, address)
+    cls = _identity(d)[2]
+    if not cls.startswith(NET_CLASS_PREFIX):
+        return False
+    return (read_int(os.path.join(d, "sriov_totalvfs"), 0) or 0) > 0
 
 
 def scan(paths: HostPaths, generation: int = 0) -> Inventory:
@@ -106,6 +128,7 @@ def scan(paths: HostPaths, generation: int = 0) -> Inventory:
         vfs = []
         for index, vf_addr in _virtfns(pf_dir):
             if not (paths.pci_devices / vf_addr).exists():
+                forget(os.path.join(paths.pci_devices, vf_addr))
                 continue
             vfs.append(VF(read_function(paths, vf_addr), address, pf_name, index))
         pfs.append(

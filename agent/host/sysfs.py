@@ -17,10 +17,21 @@ from nicwarden.agent.errors import Busy, HostError, InvalidArgument, NotFound, U
 from nicwarden.agent.host.paths import HostPaths
 
 
-def read_attr(path: Path) -> str | None:
-    """An attribute's stripped text, or None when it does not exist."""
+def read_attr(path: Path | str) -> str | None:
+    """An attribute's stripped text, or None when it does not exist.
+
+    Plain os calls, not pathlib: inventory scans read thousands of these and
+    pathlib's per-call overhead tripled scan time."""
     try:
-        return path.read_text().strip()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno in (errno.ENODEV, errno.ENXIO, errno.EINVAL, errno.ENOTDIR):
+            return None
+        raise HostError(f"cannot read {path}: {e.strerror}") from e
+    try:
+        return os.read(fd, 4096).decode(errors="replace").strip()
     except FileNotFoundError:
         return None
     except OSError as e:
@@ -28,9 +39,11 @@ def read_attr(path: Path) -> str | None:
         if e.errno in (errno.ENODEV, errno.ENXIO, errno.EINVAL):
             return None
         raise HostError(f"cannot read {path}: {e.strerror}") from e
+    finally:
+        os.close(fd)
 
 
-def read_int(path: Path, default: int | None = None, base: int = 10) -> int | None:
+def read_int(path: Path | str, default: int | None = None, base: int = 10) -> int | None:
     text = read_attr(path)
     if text is None or text == "":
         return default
@@ -40,7 +53,7 @@ def read_int(path: Path, default: int | None = None, base: int = 10) -> int | No
         return default
 
 
-def link_name(path: Path) -> str | None:
+def link_name(path: Path | str) -> str | None:
     """Basename of a symlink's target (``driver``, ``iommu_group``), or None."""
     try:
         return os.path.basename(os.readlink(path))

@@ -441,36 +441,42 @@ class SimulatedNode:
 
     def _on_link_event(self, ev: HostEvent) -> None:
         with self._lock:
+            changed = False
             if ev.action == "newlink":
-                self._seen_in_host(ev)
+                changed = self._seen_in_host(ev)
             elif ev.action == "dellink":
-                self._gone_from_host(ev)
-            if self._state_file.parent.exists():
+                changed = self._gone_from_host(ev)
+            # Link events come in bursts (every attach emits several): persist
+            # only real changes, it is the simulator's hottest path.
+            if changed and self._state_file.parent.exists():
                 self._save()
 
-    def _seen_in_host(self, ev: HostEvent) -> None:
+    def _seen_in_host(self, ev: HostEvent) -> bool:
         prefix = f"nwsim:{self.prefix}:"
         if not ev.alias.startswith(prefix):
-            return
+            return False
         st = self._vfs.get(ev.alias[len(prefix) :])
         if st is None or st.where == "none":
-            return
+            return False
+        changed = (st.where, st.ifindex) != ("host", ev.index)
         st.where, st.ifindex = "host", ev.index
         current = self.paths.pci_devices / st.address / "net" / ev.name
         if not current.is_symlink():
             self._link_netdev(st.address, ev.name)
+        return changed
 
-    def _gone_from_host(self, ev: HostEvent) -> None:
+    def _gone_from_host(self, ev: HostEvent) -> bool:
         if ev.name in self._expected_deletes:
             self._expected_deletes.discard(ev.name)
-            return
+            return False
         for st in self._vfs.values():
             if st.where == "host" and ev.index == st.ifindex:
                 # Moved away (its wire is still here) or deleted with its pair.
                 st.where = "away" if self.net.link(self._wire(st.name)) else "gone"
-                return
+                return True
             if ev.name == self._wire(st.name) and st.where == "away":
                 log.info("sim: %s's netns died; returning it to the host", st.address)
                 self._make_vf_netdev(st)
                 self._emit("move", st.address)
-                return
+                return True
+        return False

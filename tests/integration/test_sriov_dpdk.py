@@ -89,7 +89,9 @@ def sim() -> Iterator[SimulatedNode]:
 @pytest.fixture
 def ctx(sim: SimulatedNode, tmp_path: Path) -> Iterator[DeviceCtx]:
     inventory = LiveInventory(sim.paths, watch_kernel=False)
-    inventory.rescan()
+    inv0 = inventory.rescan()
+    shape = [(p.name, len(p.vfs), sum(1 for v in p.vfs if v.fn.netdev)) for p in inv0.pfs]
+    assert shape == [(sim.pf_name(0), 4, 4), (sim.pf_name(1), 4, 4)], f"sim came up as {shape}"
     with Store.open(tmp_path / "state") as store:
         yield DeviceCtx(
             paths=sim.paths,
@@ -213,8 +215,10 @@ def test_waits_for_vfs_that_appear_after_the_write(sim: SimulatedNode, ctx: Devi
         pf = ctx.inventory.snapshot().pfs[0]
         assert len(pf.vfs) == 3 and all(vf.fn.driver == "iavf" for vf in pf.vfs)
 
-        hurried = dataclasses.replace(slow, timeout_s=0.1)
-        with pytest.raises(Unavailable, match="0 of 2 VFs present"):
+        # From 0 VFs there is no "0" write: the short timeout bounds only the wait.
+        sriov.set_num_vfs(ctx, sim.pf_name(0), 0)
+        hurried = dataclasses.replace(slow, timeout_s=0.2)
+        with pytest.raises(Unavailable, match="sriov_numvfs reads 0; 0 of 2 VFs present"):
             sriov.set_num_vfs(hurried, sim.pf_name(0), 2)
     finally:
         for t in late:
