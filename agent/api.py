@@ -10,11 +10,13 @@ import logging
 import os
 import platform
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any, TypeVar
 
 import grpc
 
-from nicwarden.agent import __version__
+from nicwarden.agent import __version__, dpdk, sriov
+from nicwarden.agent.dpdk import DeviceCtx
 from nicwarden.agent.errors import (
     InvalidArgument,
     NicwardenError,
@@ -23,6 +25,7 @@ from nicwarden.agent.errors import (
     mapping_for,
 )
 from nicwarden.agent.health import pf_health, vf_health
+from nicwarden.agent.host.vfnetlink import VfSettings
 from nicwarden.agent.model import PF, VF, Inventory
 from nicwarden.agent.runtime import AgentRuntime
 from nicwarden.agent.store import Attachment as StoredAttachment
@@ -238,10 +241,99 @@ class AgentService(pb_grpc.AgentServicer):  # type: ignore[misc]
             raise Unavailable("the attach service is not running")
         return pb.ReconcileResponse(actions=self.runtime.attach.reconcile())
 
+    @rpc
+    def ListPolicies(
+        self, request: pb.ListPoliciesRequest, context: Any
+    ) -> pb.ListPoliciesResponse:
+        enf = self.runtime.enforcer
+        if enf is None:
+            raise Unavailable("policy enforcement is not running")
+        resp = pb.ListPoliciesResponse(
+            datapath_ok=enf.datapath is not None,
+            datapath_error=enf.datapath_error,
+            source_synced=enf.source is None or enf.source.synced(),
+        )
+        for row in enf.interfaces():
+            resp.interfaces.append(pb.PolicedInterfaceStatus(**row))
+        for obj in enf.objects():
+            resp.objects.append(pb.PolicyObjectStatus(**obj))
+        return resp
+
+    @rpc
+    def SetNumVfs(self, request: pb.SetNumVfsRequest, context: Any) -> pb.SetNumVfsResponse:
+        r = sriov.set_num_vfs(self._devices(), request.pf, request.num_vfs)
+        return pb.SetNumVfsResponse(
+            pf=r.pf,
+            pf_name=r.pf_name or "",
+            previous=r.previous,
+            num_vfs=r.current,
+            changed=r.changed,
+        )
+
+    @rpc
+    def SetVf(self, request: pb.SetVfRequest, context: Any) -> pb.SetVfResponse:
+        ctx = self._devices()
+        vf, pf = dpdk.find_vf(ctx, request.vf)
+        if pf.name is None:
+            raise Unavailable(f"PF {pf.address} has no netdev: VF attributes are set through it")
+        fields = {
+            f.name: getattr(request.settings, f.name)
+            for f in pb.VfSettings.DESCRIPTOR.fields
+            if request.settings.HasField(f.name)
+        }
+        if not fields:
+            raise InvalidArgument("nothing to set: give at least one VF attribute")
+        store = self._store()
+        before = self.runtime.vfconf.get(pf.name, vf.index)
+        # The original goes on record first, so a crash mid-change can be undone.
+        intent = store.begin_intent("vf-settings", vf.address, {"before": asdict(before)})
+        try:
+            self.runtime.vfconf.set(pf.name, vf.index, VfSettings(**fields))
+        except BaseException:
+            store.roll_back_intent(intent)
+            raise
+        store.complete_intent(intent)
+        after = self.runtime.vfconf.get(pf.name, vf.index)
+        return pb.SetVfResponse(
+            vf=vf.address, before=_vf_settings(before), after=_vf_settings(after)
+        )
+
+    @rpc
+    def BindDriver(self, request: pb.BindDriverRequest, context: Any) -> pb.BindDriverResponse:
+        r = dpdk.bind(self._devices(), request.vf, request.driver, force=request.force)
+        return pb.BindDriverResponse(
+            vf=r.address,
+            previous=r.previous or "",
+            driver=r.driver,
+            changed=r.changed,
+            overridden=list(r.overridden),
+            devices=[str(d) for d in r.devices],
+        )
+
+    @rpc
+    def Converge(self, request: pb.ConvergeRequest, context: Any) -> pb.ConvergeResponse:
+        report = self.runtime.converge(dry_run=request.dry_run)
+        return pb.ConvergeResponse(
+            applied=report.applied,
+            skipped=[str(x) for x in report.skipped],
+            drift=[str(d) for d in report.drift],
+            remaining=[str(d) for d in report.remaining],
+            converged=report.converged,
+        )
+
+    def _devices(self) -> DeviceCtx:
+        if self.runtime.devices is None:
+            raise Unavailable("device management is not running")
+        return self.runtime.devices
+
     def _store(self) -> Store:
         if self.runtime.store is None:
             raise Unavailable("the state store is not open")
         return self.runtime.store
+
+
+def _vf_settings(settings: VfSettings) -> pb.VfSettings:
+    return pb.VfSettings(**{k: v for k, v in asdict(settings).items() if v is not None})
 
 
 def _attachments(rows: list[StoredAttachment]) -> pb.ListAttachmentsResponse:

@@ -281,6 +281,7 @@ class AttachService:
             result = _with_interface(ip_result, iface)
             self._device_info(req, vf)
             self.ctx.store.set_attachment_state(att.key, "ready", result.render("1.1.0"))
+            self._claim_allocation(req, vf)
         except BaseException:
             problems = undo.run()
             if problems:
@@ -302,10 +303,25 @@ class AttachService:
             result = _with_interface(ip_result, iface)
             self._device_info(req, vf)
             self.ctx.store.set_attachment_state(att.key, "ready", result.render("1.1.0"))
+            self._claim_allocation(req, vf)
         except BaseException:
             undo.run()
             raise
         return result
+
+    def _claim_allocation(self, req: CniRequest, vf: VF) -> None:
+        """Kubelet's Allocate names no pod; the ADD that gets the device does.
+        Tie them, so the CLI and refusals can name the pod."""
+        alloc = self.ctx.store.allocation_for_device(vf.address)
+        if alloc is not None:
+            self.ctx.store.record_allocation(
+                alloc.resource,
+                [vf.address],
+                pod_namespace=req.args.pod_namespace or "",
+                pod_name=req.args.pod_name or "",
+                pod_uid=req.args.pod_uid or "",
+                container=req.container_id,
+            )
 
     def _ipam_add(self, req: CniRequest, undo: Undo) -> Result | None:
         if ipam.ipam_section(req.config) is None:
@@ -378,6 +394,11 @@ class AttachService:
                     self._restore_vf(self._pf_ifname(vf), vf.index, att.original)
         if att.kind != "chained" and ipam.ipam_section(att.config) is not None:
             ipam.delete(req if req is not None else _replay_request(att))
+        if att.device is not None:
+            # The pod is done with the device: kubelet frees it on its side too.
+            alloc = self.ctx.store.allocation_for_device(att.device)
+            if alloc is not None:
+                self.ctx.store.release_allocation(alloc.resource, att.device)
         self.ctx.store.delete_attachment(att.key)
 
     def _find_vf_anyhow(self, address: str) -> VF | None:

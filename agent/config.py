@@ -388,6 +388,28 @@ def _is_loopback(address: str) -> bool:
 
 
 @dataclass(frozen=True)
+class PolicyConfig:
+    enabled: bool = setting(boolean, True, "Enforce MultiNetworkPolicy with the eBPF datapath.")
+    allow_icmp: bool = setting(
+        boolean, False, "Let ICMP/ICMPv6 through isolated interfaces whatever the ports say."
+    )
+    keep_established: bool = setting(
+        boolean,
+        False,
+        "Keep flows a policy change no longer allows until they expire (default: cut them).",
+    )
+    bpf_instance: str = setting(
+        string, "default", "Name of the pinned datapath under /sys/fs/bpf/nicwarden/."
+    )
+
+    def check(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", self.bpf_instance):
+            raise Invalid(
+                problems=[Problem(("bpfInstance",), "expected 1-64 letters, digits, '_' or '-'")]
+            )
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     state_dir: Path = setting(path, Path("/var/lib/nicwarden"), "Where the state database lives.")
     socket: Path = setting(
@@ -423,11 +445,21 @@ class AgentConfig:
         list_of_mappings, [], "Device plugin resource pools."
     )
     sriov: list[dict[str, Any]] = setting(list_of_mappings, [], "SR-IOV PF provisioning.")
+    allow_no_iommu: bool = setting(
+        boolean,
+        False,
+        "Allow binding VFs to vfio-pci without an IOMMU (unsafe noiommu mode; DPDK only).",
+    )
+    device_timeout: float = setting(
+        duration, 30.0, "Seconds a sysfs write (sriov_numvfs, driver bind) may take."
+    )
     resource_prefix: str = setting(
         dns_subdomain, "nicwarden.io", "Prefix of extended resource names."
     )
     cni: dict[str, Any] = setting(mapping, {}, "CNI endpoint settings.")
-    policy: dict[str, Any] = setting(mapping, {}, "MultiNetworkPolicy enforcement settings.")
+    policy: PolicyConfig = setting(
+        section(PolicyConfig), PolicyConfig(), "MultiNetworkPolicy enforcement."
+    )
 
     def check(self) -> None:
         if self.socket == self.cni_socket:

@@ -231,6 +231,171 @@ def cmd_attachment(client: Client, args: argparse.Namespace) -> tuple[Message, s
     return resp, text
 
 
+def cmd_pfs(client: Client, args: argparse.Namespace) -> tuple[Message, str]:
+    resp = client.call("ListDevices", pb.ListDevicesRequest(role=pb.DEVICE_ROLE_PF))
+    rows = []
+    for d in resp.devices:
+        nd = d.netdev if d.HasField("netdev") else None
+        rows.append(
+            [
+                d.pci_address,
+                nd.name if nd else "-",
+                f"{d.vendor}:{d.device}",
+                d.driver or "-",
+                f"{d.num_vfs}/{d.total_vfs}",
+                d.numa_node,
+                nd.operstate if nd else "-",
+                "ok" if d.healthy else f"UNHEALTHY: {d.health_detail}",
+            ]
+        )
+    return resp, table(["PCI", "NETDEV", "ID", "DRIVER", "VFS", "NUMA", "LINK", "HEALTH"], rows)
+
+
+def cmd_numvfs(client: Client, args: argparse.Namespace) -> tuple[Message, str]:
+    r = client.call("SetNumVfs", pb.SetNumVfsRequest(pf=args.pf, num_vfs=args.count))
+    verb = "set" if r.changed else "already"
+    return r, f"{r.pf_name or r.pf}: numvfs {verb} {r.num_vfs} (was {r.previous})"
+
+
+VF_KEYS = {
+    "mac": ("mac", str),
+    "vlan": ("vlan", int),
+    "qos": ("qos", int),
+    "proto": ("vlan_proto", str),
+    "spoofchk": ("spoofchk", "bool"),
+    "trust": ("trust", "bool"),
+    "link-state": ("link_state", str),
+    "min-rate": ("min_tx_rate", int),
+    "max-rate": ("max_tx_rate", int),
+    "rate": ("max_tx_rate", int),
+}
+
+
+def parse_vf_settings(words: Sequence[str]) -> pb.VfSettings:
+    """``mac 02:.. vlan 100 qos 3 spoofchk off rate 1000`` → VfSettings."""
+    if not words or len(words) % 2:
+        raise CtlError(f"expected KEY VALUE pairs; keys: {', '.join(VF_KEYS)}", EXIT_USAGE)
+    out = pb.VfSettings()
+    for key, raw in zip(words[::2], words[1::2], strict=True):
+        if key not in VF_KEYS:
+            raise CtlError(f"unknown VF attribute {key!r}; keys: {', '.join(VF_KEYS)}", EXIT_USAGE)
+        field, kind = VF_KEYS[key]
+        value: object
+        if kind == "bool":
+            if raw not in ("on", "off"):
+                raise CtlError(f"{key}: expected on or off, got {raw!r}", EXIT_USAGE)
+            value = raw == "on"
+        elif kind is int:
+            try:
+                value = int(raw)
+            except ValueError:
+                raise CtlError(f"{key}: expected a number, got {raw!r}", EXIT_USAGE) from None
+            if value < 0:
+                raise CtlError(f"{key}: must not be negative", EXIT_USAGE)
+        else:
+            value = raw
+        setattr(out, field, value)
+    return out
+
+
+def cmd_vf(client: Client, args: argparse.Namespace) -> tuple[Message, str]:
+    settings = parse_vf_settings(args.settings)
+    r = client.call("SetVf", pb.SetVfRequest(vf=args.vf, settings=settings))
+    rows = [
+        [f.name, _show(r.before, f.name), _show(r.after, f.name)]
+        for f in pb.VfSettings.DESCRIPTOR.fields
+    ]
+    return r, f"{r.vf}\n" + table(["ATTRIBUTE", "BEFORE", "AFTER"], rows)
+
+
+def _show(msg: pb.VfSettings, name: str) -> str:
+    return str(getattr(msg, name)) if msg.HasField(name) else "-"
+
+
+def cmd_bind(client: Client, args: argparse.Namespace) -> tuple[Message, str]:
+    r = client.call(
+        "BindDriver", pb.BindDriverRequest(vf=args.vf, driver=args.driver, force=args.force)
+    )
+    text = (
+        f"{r.vf}: {r.previous or 'unbound'} -> {r.driver}"
+        if r.changed
+        else (f"{r.vf}: already on {r.driver}")
+    )
+    if r.overridden:
+        text += "\nforced despite: " + "; ".join(r.overridden)
+    if r.devices:
+        text += "\ndevices: " + " ".join(r.devices)
+    return r, text
+
+
+def cmd_converge(client: Client, args: argparse.Namespace) -> tuple[Message, str]:
+    r = client.call("Converge", pb.ConvergeRequest(dry_run=args.dry_run))
+    lines = [f"applied: {a}" for a in r.applied] + [f"skipped: {x}" for x in r.skipped]
+    lines += [f"drift: {d}" for d in r.drift]
+    lines += [f"still differs: {d}" for d in r.remaining] if not args.dry_run else []
+    lines.append("converged" if r.converged else "NOT converged")
+    return r, "\n".join(lines)
+
+
+def cmd_policies(client: Client, args: argparse.Namespace) -> tuple[Message, str]:
+    resp = client.call("ListPolicies", pb.ListPoliciesRequest())
+    rows = []
+    for i in resp.interfaces:
+        iso = "+".join(
+            d for d, on in (("in", i.ingress_isolated), ("out", i.egress_isolated)) if on
+        )
+        allowed = i.counters.get("ingress_pass_policy", 0) + i.counters.get("egress_pass_policy", 0)
+        dropped = i.counters.get("ingress_drop_policy", 0) + i.counters.get("egress_drop_policy", 0)
+        rows.append(
+            [
+                i.pod,
+                i.ifname,
+                i.network,
+                iso or "open",
+                i.ingress_entries,
+                i.egress_entries,
+                ",".join(i.policies) or "-",
+                i.generation,
+                allowed,
+                dropped,
+                "; ".join(i.errors) or "ok",
+            ]
+        )
+    text = table(
+        [
+            "POD",
+            "IF",
+            "NETWORK",
+            "ISOLATED",
+            "IN-CIDRS",
+            "OUT-CIDRS",
+            "POLICIES",
+            "GEN",
+            "ALLOWED",
+            "DROPPED",
+            "STATUS",
+        ],
+        rows,
+    )
+    bad = [o for o in resp.objects if not o.ok or o.warnings]
+    if bad:
+        text += "\n\n" + table(
+            ["KIND", "OBJECT", "STATUS", "PROBLEMS"],
+            [
+                [o.kind, o.key, "ok" if o.ok else "INVALID", "; ".join([*o.errors, *o.warnings])]
+                for o in bad
+            ],
+        )
+    if not resp.datapath_ok:
+        text += f"\n\ndatapath: NOT ENFORCING: {resp.datapath_error}"
+    if args.verbose:
+        for i in resp.interfaces:
+            text += f"\n\n{i.pod} {i.ifname}: counters " + ", ".join(
+                f"{k}={v}" for k, v in sorted(i.counters.items()) if v
+            )
+    return resp, text
+
+
 def cmd_reconcile(client: Client, args: argparse.Namespace) -> tuple[Message, str]:
     resp = client.call("Reconcile", pb.ReconcileRequest())
     return resp, "\n".join(resp.actions) or "nothing to do"
@@ -248,6 +413,16 @@ def cmd_install_cni(args: argparse.Namespace) -> int:
 
 
 Command = Callable[[Client, argparse.Namespace], tuple[Message, str]]
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of VFs, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("the number of VFs cannot be negative")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -282,6 +457,33 @@ def build_parser() -> argparse.ArgumentParser:
     one_att = sub.add_parser("attachment", help="one container's attachments")
     one_att.add_argument("container_id")
     one_att.set_defaults(func=cmd_attachment)
+    sub.add_parser("pfs", help="SR-IOV physical functions").set_defaults(func=cmd_pfs)
+    nv = sub.add_parser(
+        "numvfs", help="set a PF's VF count (0 first when changing, as the kernel needs)"
+    )
+    nv.add_argument("pf", help="PF PCI address or netdev name")
+    nv.add_argument("count", type=_count, help="number of VFs")
+    nv.set_defaults(func=cmd_numvfs)
+    vf = sub.add_parser("vf", help="set PF-side VF attributes")
+    vf.add_argument("vf", help="VF PCI address or netdev name")
+    vf.add_argument("action", choices=["set"])
+    vf.add_argument(
+        "settings", nargs="+", metavar="KEY VALUE", help=f"pairs; keys: {', '.join(VF_KEYS)}"
+    )
+    vf.set_defaults(func=cmd_vf)
+    bind = sub.add_parser("bind", help="bind a VF to vfio-pci (DPDK) or back to its kernel driver")
+    bind.add_argument("vf", help="VF PCI address or netdev name")
+    bind.add_argument("driver", choices=["vfio-pci", "kernel"])
+    bind.add_argument("--force", action="store_true", help="even if the VF is in use")
+    bind.set_defaults(func=cmd_bind)
+    conv = sub.add_parser("converge", help="apply the sriov: desired state now")
+    conv.add_argument("--dry-run", action="store_true", help="only report drift")
+    conv.set_defaults(func=cmd_converge)
+    pol = sub.add_parser(
+        "policies", help="policed interfaces, rules loaded, counters, object status"
+    )
+    pol.add_argument("-v", "--verbose", action="store_true", help="every non-zero counter")
+    pol.set_defaults(func=cmd_policies)
     sub.add_parser("reconcile", help="reconcile attachments with the kernel now").set_defaults(
         func=cmd_reconcile
     )

@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 import yaml
 
-from nicwarden.agent import __version__, logs
+from nicwarden.agent import __version__, logs, sriov
 from nicwarden.agent.api import AgentService
 from nicwarden.agent.config import AgentConfig, load_config
 from nicwarden.agent.errors import AlreadyExists, ConfigError, NicwardenError
@@ -193,10 +193,34 @@ class Agent:
         self.stopped.set()
 
 
+def _reload(agent: Agent, args: argparse.Namespace) -> None:
+    """SIGHUP: re-read the config; a bad one is logged and the old one kept."""
+    try:
+        config = load_config(args.config, overrides_from(args))
+        sriov.parse_sriov(config.sriov, source=str(args.config or "command line"))
+    except ConfigError as e:
+        log.error("reload refused, keeping the running config: %s", e)
+        return
+    try:
+        changed = agent.runtime.reload(config)
+    except NicwardenError as e:
+        log.error("reload failed: %s", e)
+        return
+    log.info("config reloaded", extra={"changed": ",".join(changed) or "nothing live"})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args.config, overrides_from(args))
+    except ConfigError as e:
+        print(f"nicwarden-agent: config error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        # Sections owned by their modules: invalid desired state stops the
+        # agent before it touches anything (device plugin pools are instead
+        # reported and skipped one by one, as sriov-network-device-plugin does).
+        sriov.parse_sriov(config.sriov, source=str(args.config or "command line"))
     except ConfigError as e:
         print(f"nicwarden-agent: config error: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -213,13 +237,18 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    reload_requested = threading.Event()
+    signal.signal(signal.SIGHUP, lambda *_: reload_requested.set())
     try:
         agent.start()
     except NicwardenError as e:
         log.error("cannot start: %s", e, extra={"kind": e.kind})
         print(f"nicwarden-agent: {e}", file=sys.stderr)
         return EXIT_RUNTIME
-    stop.wait()
+    while not stop.wait(0.2):
+        if reload_requested.is_set():
+            reload_requested.clear()
+            _reload(agent, args)
     agent.stop()
     log.info("stopped")
     return 0

@@ -132,9 +132,12 @@ def in_use_from_store(store: Store) -> dict[str, str]:
     """VF address -> who holds it ("allocated to pod ns/name ...")."""
     out: dict[str, list[str]] = {}
     for a in store.allocations():
-        out.setdefault(a.device_id, []).append(
-            f"allocated to pod {a.pod_namespace}/{a.pod_name} (resource {a.resource})"
+        holder = (
+            f"allocated to pod {a.pod_namespace}/{a.pod_name}"
+            if a.pod_name
+            else "allocated by kubelet to a pod not attached yet"
         )
+        out.setdefault(a.device_id, []).append(f"{holder} (resource {a.resource})")
     for att in store.list_attachments():
         if att.device:
             out.setdefault(att.device, []).append(

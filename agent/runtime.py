@@ -13,13 +13,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from nicwarden.agent import dpdk, sriov
 from nicwarden.agent.attach import AttachContext, AttachService
 from nicwarden.agent.config import AgentConfig, SimShape
+from nicwarden.agent.dpdk import DeviceCtx
+from nicwarden.agent.enforcement import PolicyEnforcer
+from nicwarden.agent.host.netlink import Netlink
 from nicwarden.agent.host.paths import HostPaths
 from nicwarden.agent.host.sysfs import KernelSysfsWriter, SysfsWriter, check_root
 from nicwarden.agent.host.vfnetlink import NetlinkVfConfigurator, VfConfigurator, VfSettings
 from nicwarden.agent.inventory import LiveInventory
 from nicwarden.agent.metrics import Metrics
+from nicwarden.agent.policy import CompileOptions
 from nicwarden.agent.sim import SimulatedNode, parse_spec
 from nicwarden.agent.sim.vfconfig import SimVfConfigurator
 from nicwarden.agent.store import Store
@@ -55,6 +60,9 @@ class AgentRuntime:
         self.attach: AttachService | None = None
         self.cni_server: CniHttpServer | None = None
         self.deviceplugin: DevicePluginManager | None = None
+        self.enforcer: PolicyEnforcer | None = None
+        self.datapath: Any = None
+        self.devices: DeviceCtx | None = None
         self._reconciler: threading.Thread | None = None
         self._stopping = threading.Event()
         self._stops: list[Callable[[], None]] = []
@@ -108,8 +116,21 @@ class AgentRuntime:
                 ready=self.inventory.ready.is_set,
             )
         )
+        self._start_enforcement()
         # Finish what a crash interrupted before taking new requests.
         self.attach.reconcile()
+        self.devices = DeviceCtx(
+            paths=self.paths,
+            writer=self.writer,
+            inventory=self.inventory,
+            store=self.store,
+            netdevs=Netlink(),
+            timeout_s=cfg.device_timeout,
+            allow_noiommu=cfg.allow_no_iommu,
+        )
+        for done in [*dpdk.recover(self.devices), *sriov.recover(self.devices)]:
+            log.info("recovered interrupted device change", extra={"change": str(done)})
+        self.converge()
         attach = self.attach
         self.cni_server = CniHttpServer(
             cfg.cni_socket,
@@ -137,6 +158,92 @@ class AgentRuntime:
         self._reconciler.start()
         self._stops.append(self._stopping.set)
 
+    def converge(self, dry_run: bool = False) -> sriov.ConvergeReport:
+        """Bring PFs to the ``sriov:`` desired state (at start and on SIGHUP).
+        A dry run only reports drift."""
+        assert self.devices is not None
+        desired = sriov.parse_sriov(self.config.sriov)
+        if dry_run:
+            found = sriov.plan(
+                desired, self.inventory.rescan(), dpdk.in_use_from_store(self.devices.store)
+            )
+            return sriov.ConvergeReport(
+                skipped=list(found.skipped), drift=list(found.drift), remaining=list(found.drift)
+            )
+        report = sriov.converge(self.devices, desired)
+        if report.drift or report.skipped or report.applied:
+            log.info("sriov converge", extra=report.to_dict())
+        return report
+
+    def reload(self, config: AgentConfig) -> list[str]:
+        """SIGHUP: take the parts of a new config that can change live (SR-IOV
+        desired state, device plugin pools); the rest needs a restart."""
+        changes = []
+        if config.sriov != self.config.sriov:
+            changes.append("sriov")
+        if config.resource_list != self.config.resource_list or (
+            config.resource_prefix != self.config.resource_prefix
+        ):
+            changes.append("resourceList")
+        self.config = config
+        if "resourceList" in changes and self.deviceplugin is not None:
+            for issue in self.deviceplugin.apply_config(config.resource_list):
+                log.error("invalid device plugin pool", extra={"problem": str(issue)})
+        self.converge()
+        return changes
+
+    def _start_enforcement(self) -> None:
+        """Policy enforcement is optional equipment: without bcc or kernel
+        headers the agent still serves VFs, and says so in health."""
+        cfg = self.config.policy
+        assert self.store is not None and self.attach is not None
+        error = ""
+        if cfg.enabled:
+            instance = cfg.bpf_instance
+            if self.sim is not None and instance == "default":
+                instance = f"sim-{self.sim_prefix}"  # simulated nodes must not share pins
+            try:
+                from nicwarden.agent.host.bpf import PolicyDatapath
+
+                dp = PolicyDatapath(instance, keep_established=cfg.keep_established)
+                if (dp.pin_dir / "nw_progs").exists():
+                    dp.adopt()
+                else:
+                    dp.load()
+                self.datapath = dp
+                self._stops.append(self._close_datapath)
+            except Exception as e:
+                error = str(e)
+                log.error("policy datapath unavailable", extra={"error": error})
+        else:
+            error = "disabled by config (policy.enabled: false)"
+        source = None
+        if self.config.manifests_dir is not None:
+            from nicwarden.agent.k8s.directory import DirectorySource
+
+            source = DirectorySource(self.config.manifests_dir)
+        self.enforcer = PolicyEnforcer(
+            self.store,
+            self.datapath,
+            source,
+            CompileOptions(allow_icmp=cfg.allow_icmp),
+            datapath_error=error,
+        )
+        self.attach.ctx.on_attach.append(self.enforcer.on_attach)
+        self.attach.ctx.on_detach.append(self.enforcer.on_detach)
+        self.enforcer.start()
+        self._stops.append(self.enforcer.stop)
+
+    def _close_datapath(self) -> None:
+        """Pins outlive the agent so pods stay enforced across restarts; a
+        throwaway simulated node takes its interfaces with it, so its pins go."""
+        if self.datapath is None:
+            return
+        if self.sim is not None and not self.sim_keep:
+            self.datapath.cleanup(force=True)
+        else:
+            self.datapath.close()
+
     def _reconcile_loop(self) -> None:
         while not self._stopping.wait(self.config.reconcile_interval):
             try:
@@ -155,6 +262,14 @@ class AgentRuntime:
 
     def health(self) -> list[tuple[str, bool, str]]:
         inv = self.inventory.snapshot()
+        policy_ok = self.enforcer is not None and (
+            self.datapath is not None or not self.config.policy.enabled
+        )
+        policy_detail = (
+            self.enforcer.datapath_error or "eBPF datapath loaded"
+            if self.enforcer is not None
+            else "not started"
+        )
         out = [
             (
                 "inventory",
@@ -162,6 +277,7 @@ class AgentRuntime:
                 f"{len(inv.pfs)} PFs, {len(inv.vfs())} VFs, generation {inv.generation}",
             ),
             ("store", self.store is not None, str(self.config.state_dir)),
+            ("policy", policy_ok, policy_detail),
         ]
         return out
 

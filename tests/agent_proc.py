@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -102,3 +104,17 @@ def kill_agent(r: Running) -> None:
     if r.proc.poll() is None:
         r.proc.kill()
         r.proc.wait(timeout=30)
+
+
+def cleanup_node(prefix: str) -> None:
+    """What a killed agent could not remove: its simulated links and pins."""
+    out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        name = line.split(":")[1].strip().split("@")[0]
+        if name.startswith(prefix):
+            subprocess.run(["ip", "link", "del", name], capture_output=True)
+    pins = Path("/sys/fs/bpf/nicwarden") / f"sim-{prefix}"
+    if pins.exists():
+        shutil.rmtree(pins, ignore_errors=True)
+    for root in Path(tempfile.gettempdir()).glob(f"nicwarden-sim-{prefix}-*"):
+        shutil.rmtree(root, ignore_errors=True)

@@ -391,7 +391,10 @@ def netlink_request(message: bytes, timeout_s: float = 5.0) -> list[NetlinkMessa
 
 def translate(err: NetlinkFailure, what: str) -> NicwardenError:
     detail = err.text
-    if err.code in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPROTONOSUPPORT):
+    if err.code == errno.EPROTONOSUPPORT:
+        # Drivers without 802.1ad VF tagging (i40e, for one) answer this.
+        return Unsupported(f"{what}: the PF driver does not support this VLAN protocol", detail)
+    if err.code in (errno.EOPNOTSUPP, errno.ENOTSUP):
         return Unsupported(f"{what}: the PF driver does not support this VF attribute", detail)
     if err.code in (errno.ENODEV, errno.ENOENT):
         return NotFound(f"{what}: no such device", detail)

@@ -69,7 +69,9 @@ class SimulatedNode:
         self.prefix = prefix
         self.keep = keep
         self._own_root = root is None
-        self.root = Path(tempfile.mkdtemp(prefix="nicwarden-sim-")) if root is None else root
+        self.root = (
+            Path(tempfile.mkdtemp(prefix=f"nicwarden-sim-{prefix}-")) if root is None else root
+        )
         self.paths = HostPaths(sys=self.root / "sys", dev=self.root / "dev")
         self.net = Netlink()
         self._lock = threading.RLock()

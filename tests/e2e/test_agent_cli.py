@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent_proc import AGENT, CTL, Running, start_agent, stop_agent
+from tests.agent_proc import AGENT, CTL, Running, cleanup_node, start_agent, stop_agent
 from tests.conftest import run
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
@@ -30,6 +30,7 @@ def agent(tmp_path: Path) -> Iterator[Running]:
         if r.proc.poll() is None:
             r.proc.kill()
             r.proc.wait()
+        cleanup_node(r.prefix)
 
 
 def test_query_and_graceful_stop(agent: Running) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.agent_proc import SHIM, Running, kill_agent, start_agent, stop_agent
+from tests.agent_proc import SHIM, Running, cleanup_node, kill_agent, start_agent, stop_agent
 from tests.cni_runtime import invoke, netns_path
 from tests.conftest import run
 
@@ -29,16 +29,8 @@ def agent(tmp_path: Path) -> Iterator[Running]:
     try:
         yield r
     finally:
-        kill_agent(r)
-        _cleanup_links(r.prefix)
-
-
-def _cleanup_links(prefix: str) -> None:
-    # A killed agent cannot remove its simulated links; the test must.
-    for line in run("ip", "-o", "link").stdout.splitlines():
-        name = line.split(":")[1].strip().split("@")[0]
-        if name.startswith(prefix):
-            run("ip", "link", "del", name, check=False)
+        stop_agent(r)
+        cleanup_node(r.prefix)
 
 
 def vf(agent: Running, pf: int, index: int) -> str:
@@ -312,7 +304,7 @@ def test_crash_mid_add_then_restart_recovers(
         assert invoke(SHIM, "DEL", c, **kw).code == 0
     finally:
         kill_agent(agent)
-        _cleanup_links(agent.prefix)
+        cleanup_node(agent.prefix)
 
 
 def test_restart_keeps_attachments_and_del_works(tmp_path: Path, netns: Callable[[], str]) -> None:
@@ -332,7 +324,7 @@ def test_restart_keeps_attachments_and_del_works(tmp_path: Path, netns: Callable
         assert ipam_files(tmp_path) == []
     finally:
         kill_agent(agent)
-        _cleanup_links(agent.prefix)
+        cleanup_node(agent.prefix)
 
 
 def test_32_concurrent_adds_and_dels_leak_nothing(tmp_path: Path) -> None:

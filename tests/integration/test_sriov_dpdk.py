@@ -234,6 +234,8 @@ def test_hung_numvfs_write_times_out_and_recover_settles_it(
         if path.endswith("sriov_numvfs") and value == "2":
             release.wait(10)
 
+    # From 0 VFs, so the one timed write is the hanging one.
+    sriov.set_num_vfs(ctx, sim.pf_name(0), 0)
     writer(ctx).hooks.append(hang)
     hurried = dataclasses.replace(ctx, timeout_s=0.3)
     try:

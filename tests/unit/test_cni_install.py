@@ -13,8 +13,12 @@ def test_install_is_executable_and_answers_version(tmp_path: Path) -> None:
     assert oct(target.stat().st_mode & 0o777) == "0o755"
     assert target.read_text().startswith("#!/usr/bin/python3 -IS\n")
     out = subprocess.run(
-        [str(target)], input='{"cniVersion":"0.4.0"}', capture_output=True, text=True,
-        env={"CNI_COMMAND": "VERSION"}, check=True,
+        [str(target)],
+        input='{"cniVersion":"0.4.0"}',
+        capture_output=True,
+        text=True,
+        env={"CNI_COMMAND": "VERSION"},
+        check=True,
     )
     assert '"supportedVersions"' in out.stdout
     assert [p.name for p in target.parent.iterdir()] == ["nicwarden"]  # no temp left

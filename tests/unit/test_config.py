@@ -72,6 +72,8 @@ BAD_VALUES: list[tuple[str, object, str]] = [
     ("resourcePrefix", "", "non-empty string"),
     ("cni", ["x"], "expected a mapping"),
     ("policy", "deny", "expected a mapping"),
+    ("policy.bpfInstance", "a.b", "policy.bpfInstance"),
+    ("policy.allowIcmp", "sometimes", "policy.allowIcmp"),
 ]
 
 
@@ -121,7 +123,8 @@ def test_defaults() -> None:
     assert c.kubelet_dir == Path("/var/lib/kubelet/device-plugins")
     assert c.device_info_dir == Path("/var/run/k8s.cni.cncf.io/devinfo")
     assert c.reconcile_interval == 30.0
-    assert (c.resource_list, c.sriov, c.cni, c.policy) == ([], [], {}, {})
+    assert (c.resource_list, c.sriov, c.cni) == ([], [], {})
+    assert c.policy == cfg.PolicyConfig(True, False, False, "default")
     assert c.resource_prefix == "nicwarden.io"
 
 
@@ -300,7 +303,13 @@ def test_defaults_are_not_shared_between_configs() -> None:
 
 def test_every_setting_is_documented() -> None:
     rows = cfg.settings_reference(AgentConfig)
-    assert {r.key for r in rows} >= {"stateDir", "metrics.port", "metrics.allowRemote", "policy"}
+    assert {r.key for r in rows} >= {
+        "stateDir",
+        "metrics.port",
+        "metrics.allowRemote",
+        "policy.allowIcmp",
+        "policy.bpfInstance",
+    }
     assert all(r.doc for r in rows)
     assert next(r for r in rows if r.key == "metrics.port").default == 9464
 

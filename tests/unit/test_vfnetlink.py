@@ -258,6 +258,12 @@ def test_errno_translation(code: int, kind: type[Exception]) -> None:
         configurator(kernel).set("ens1f0", 0, VfSettings(spoofchk=True))
 
 
+def test_8021ad_refusal_names_the_vlan_protocol() -> None:
+    kernel = FakeKernel(refuse={vn.IFLA_VF_VLAN_LIST: errno.EPROTONOSUPPORT})
+    with pytest.raises(Unsupported, match="set vlan: the PF driver does not support this VLAN"):
+        configurator(kernel).set("ens1f0", 1, VfSettings(vlan=7, vlan_proto="802.1ad"))
+
+
 def test_get_and_unknown_vf_or_pf() -> None:
     cfg = configurator(FakeKernel())
     assert cfg.get("ens1f0", 0).vlan_proto == "802.1ad"

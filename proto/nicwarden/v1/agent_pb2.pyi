@@ -300,3 +300,180 @@ class ReconcileResponse(_message.Message):
     ACTIONS_FIELD_NUMBER: _ClassVar[int]
     actions: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, actions: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListPoliciesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PolicedInterfaceStatus(_message.Message):
+    __slots__ = ("key", "pod", "ifname", "network", "ingress_isolated", "egress_isolated", "ingress_entries", "egress_entries", "policies", "errors", "generation", "digest", "counters")
+    class CountersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    POD_FIELD_NUMBER: _ClassVar[int]
+    IFNAME_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    INGRESS_ISOLATED_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_ISOLATED_FIELD_NUMBER: _ClassVar[int]
+    INGRESS_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    POLICIES_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    pod: str
+    ifname: str
+    network: str
+    ingress_isolated: bool
+    egress_isolated: bool
+    ingress_entries: int
+    egress_entries: int
+    policies: _containers.RepeatedScalarFieldContainer[str]
+    errors: _containers.RepeatedScalarFieldContainer[str]
+    generation: int
+    digest: str
+    counters: _containers.ScalarMap[str, int]
+    def __init__(self, key: _Optional[str] = ..., pod: _Optional[str] = ..., ifname: _Optional[str] = ..., network: _Optional[str] = ..., ingress_isolated: _Optional[bool] = ..., egress_isolated: _Optional[bool] = ..., ingress_entries: _Optional[int] = ..., egress_entries: _Optional[int] = ..., policies: _Optional[_Iterable[str]] = ..., errors: _Optional[_Iterable[str]] = ..., generation: _Optional[int] = ..., digest: _Optional[str] = ..., counters: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class PolicyObjectStatus(_message.Message):
+    __slots__ = ("kind", "key", "ok", "errors", "warnings")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    key: str
+    ok: bool
+    errors: _containers.RepeatedScalarFieldContainer[str]
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, kind: _Optional[str] = ..., key: _Optional[str] = ..., ok: _Optional[bool] = ..., errors: _Optional[_Iterable[str]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListPoliciesResponse(_message.Message):
+    __slots__ = ("interfaces", "objects", "datapath_ok", "datapath_error", "source_synced")
+    INTERFACES_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    DATAPATH_OK_FIELD_NUMBER: _ClassVar[int]
+    DATAPATH_ERROR_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_SYNCED_FIELD_NUMBER: _ClassVar[int]
+    interfaces: _containers.RepeatedCompositeFieldContainer[PolicedInterfaceStatus]
+    objects: _containers.RepeatedCompositeFieldContainer[PolicyObjectStatus]
+    datapath_ok: bool
+    datapath_error: str
+    source_synced: bool
+    def __init__(self, interfaces: _Optional[_Iterable[_Union[PolicedInterfaceStatus, _Mapping]]] = ..., objects: _Optional[_Iterable[_Union[PolicyObjectStatus, _Mapping]]] = ..., datapath_ok: _Optional[bool] = ..., datapath_error: _Optional[str] = ..., source_synced: _Optional[bool] = ...) -> None: ...
+
+class SetNumVfsRequest(_message.Message):
+    __slots__ = ("pf", "num_vfs")
+    PF_FIELD_NUMBER: _ClassVar[int]
+    NUM_VFS_FIELD_NUMBER: _ClassVar[int]
+    pf: str
+    num_vfs: int
+    def __init__(self, pf: _Optional[str] = ..., num_vfs: _Optional[int] = ...) -> None: ...
+
+class SetNumVfsResponse(_message.Message):
+    __slots__ = ("pf", "pf_name", "previous", "num_vfs", "changed")
+    PF_FIELD_NUMBER: _ClassVar[int]
+    PF_NAME_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    NUM_VFS_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    pf: str
+    pf_name: str
+    previous: int
+    num_vfs: int
+    changed: bool
+    def __init__(self, pf: _Optional[str] = ..., pf_name: _Optional[str] = ..., previous: _Optional[int] = ..., num_vfs: _Optional[int] = ..., changed: _Optional[bool] = ...) -> None: ...
+
+class VfSettings(_message.Message):
+    __slots__ = ("mac", "vlan", "qos", "vlan_proto", "spoofchk", "trust", "link_state", "min_tx_rate", "max_tx_rate")
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    VLAN_FIELD_NUMBER: _ClassVar[int]
+    QOS_FIELD_NUMBER: _ClassVar[int]
+    VLAN_PROTO_FIELD_NUMBER: _ClassVar[int]
+    SPOOFCHK_FIELD_NUMBER: _ClassVar[int]
+    TRUST_FIELD_NUMBER: _ClassVar[int]
+    LINK_STATE_FIELD_NUMBER: _ClassVar[int]
+    MIN_TX_RATE_FIELD_NUMBER: _ClassVar[int]
+    MAX_TX_RATE_FIELD_NUMBER: _ClassVar[int]
+    mac: str
+    vlan: int
+    qos: int
+    vlan_proto: str
+    spoofchk: bool
+    trust: bool
+    link_state: str
+    min_tx_rate: int
+    max_tx_rate: int
+    def __init__(self, mac: _Optional[str] = ..., vlan: _Optional[int] = ..., qos: _Optional[int] = ..., vlan_proto: _Optional[str] = ..., spoofchk: _Optional[bool] = ..., trust: _Optional[bool] = ..., link_state: _Optional[str] = ..., min_tx_rate: _Optional[int] = ..., max_tx_rate: _Optional[int] = ...) -> None: ...
+
+class SetVfRequest(_message.Message):
+    __slots__ = ("vf", "settings")
+    VF_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    vf: str
+    settings: VfSettings
+    def __init__(self, vf: _Optional[str] = ..., settings: _Optional[_Union[VfSettings, _Mapping]] = ...) -> None: ...
+
+class SetVfResponse(_message.Message):
+    __slots__ = ("vf", "before", "after")
+    VF_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    vf: str
+    before: VfSettings
+    after: VfSettings
+    def __init__(self, vf: _Optional[str] = ..., before: _Optional[_Union[VfSettings, _Mapping]] = ..., after: _Optional[_Union[VfSettings, _Mapping]] = ...) -> None: ...
+
+class BindDriverRequest(_message.Message):
+    __slots__ = ("vf", "driver", "force")
+    VF_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    vf: str
+    driver: str
+    force: bool
+    def __init__(self, vf: _Optional[str] = ..., driver: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class BindDriverResponse(_message.Message):
+    __slots__ = ("vf", "previous", "driver", "changed", "overridden", "devices")
+    VF_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    OVERRIDDEN_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    vf: str
+    previous: str
+    driver: str
+    changed: bool
+    overridden: _containers.RepeatedScalarFieldContainer[str]
+    devices: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, vf: _Optional[str] = ..., previous: _Optional[str] = ..., driver: _Optional[str] = ..., changed: _Optional[bool] = ..., overridden: _Optional[_Iterable[str]] = ..., devices: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ConvergeRequest(_message.Message):
+    __slots__ = ("dry_run",)
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    dry_run: bool
+    def __init__(self, dry_run: _Optional[bool] = ...) -> None: ...
+
+class ConvergeResponse(_message.Message):
+    __slots__ = ("applied", "skipped", "drift", "remaining", "converged")
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    CONVERGED_FIELD_NUMBER: _ClassVar[int]
+    applied: _containers.RepeatedScalarFieldContainer[str]
+    skipped: _containers.RepeatedScalarFieldContainer[str]
+    drift: _containers.RepeatedScalarFieldContainer[str]
+    remaining: _containers.RepeatedScalarFieldContainer[str]
+    converged: bool
+    def __init__(self, applied: _Optional[_Iterable[str]] = ..., skipped: _Optional[_Iterable[str]] = ..., drift: _Optional[_Iterable[str]] = ..., remaining: _Optional[_Iterable[str]] = ..., converged: _Optional[bool] = ...) -> None: ...

@@ -89,6 +89,31 @@ class AgentStub:
                 request_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ReconcileRequest.SerializeToString,
                 response_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ReconcileResponse.FromString,
                 _registered_method=True)
+        self.ListPolicies = channel.unary_unary(
+                '/nicwarden.v1.Agent/ListPolicies',
+                request_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListPoliciesRequest.SerializeToString,
+                response_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListPoliciesResponse.FromString,
+                _registered_method=True)
+        self.SetNumVfs = channel.unary_unary(
+                '/nicwarden.v1.Agent/SetNumVfs',
+                request_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.SetNumVfsRequest.SerializeToString,
+                response_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.SetNumVfsResponse.FromString,
+                _registered_method=True)
+        self.SetVf = channel.unary_unary(
+                '/nicwarden.v1.Agent/SetVf',
+                request_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.SetVfRequest.SerializeToString,
+                response_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.SetVfResponse.FromString,
+                _registered_method=True)
+        self.BindDriver = channel.unary_unary(
+                '/nicwarden.v1.Agent/BindDriver',
+                request_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.BindDriverRequest.SerializeToString,
+                response_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.BindDriverResponse.FromString,
+                _registered_method=True)
+        self.Converge = channel.unary_unary(
+                '/nicwarden.v1.Agent/Converge',
+                request_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ConvergeRequest.SerializeToString,
+                response_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ConvergeResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServicer:
@@ -163,6 +188,39 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPolicies(self, request, context):
+        """MultiNetworkPolicy enforcement: per-interface tables and counters, and
+        the validation status of every policy object.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetNumVfs(self, request, context):
+        """SR-IOV provisioning and DPDK binding.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetVf(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BindDriver(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Converge(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -220,6 +278,31 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.Reconcile,
                     request_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ReconcileRequest.FromString,
                     response_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ReconcileResponse.SerializeToString,
+            ),
+            'ListPolicies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPolicies,
+                    request_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListPoliciesRequest.FromString,
+                    response_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListPoliciesResponse.SerializeToString,
+            ),
+            'SetNumVfs': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetNumVfs,
+                    request_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.SetNumVfsRequest.FromString,
+                    response_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.SetNumVfsResponse.SerializeToString,
+            ),
+            'SetVf': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetVf,
+                    request_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.SetVfRequest.FromString,
+                    response_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.SetVfResponse.SerializeToString,
+            ),
+            'BindDriver': grpc.unary_unary_rpc_method_handler(
+                    servicer.BindDriver,
+                    request_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.BindDriverRequest.FromString,
+                    response_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.BindDriverResponse.SerializeToString,
+            ),
+            'Converge': grpc.unary_unary_rpc_method_handler(
+                    servicer.Converge,
+                    request_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ConvergeRequest.FromString,
+                    response_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ConvergeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -519,6 +602,141 @@ class Agent:
             '/nicwarden.v1.Agent/Reconcile',
             nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ReconcileRequest.SerializeToString,
             nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ReconcileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPolicies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nicwarden.v1.Agent/ListPolicies',
+            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListPoliciesRequest.SerializeToString,
+            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListPoliciesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetNumVfs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nicwarden.v1.Agent/SetNumVfs',
+            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.SetNumVfsRequest.SerializeToString,
+            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.SetNumVfsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetVf(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nicwarden.v1.Agent/SetVf',
+            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.SetVfRequest.SerializeToString,
+            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.SetVfResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BindDriver(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nicwarden.v1.Agent/BindDriver',
+            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.BindDriverRequest.SerializeToString,
+            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.BindDriverResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Converge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nicwarden.v1.Agent/Converge',
+            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ConvergeRequest.SerializeToString,
+            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ConvergeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,344 @@
+"""MultiNetworkPolicy enforcement: objects + attachments → engine → BPF.
+
+Three inputs meet here: Kubernetes objects from an ObjectSource (directory or
+API), the node's attachments (SR-IOV VFs and chained interfaces, from the
+store and the CNI hooks), and the compiled tables the datapath loads. Local
+pods' network-status comes from our own attachments (we know their IPs before
+Multus writes the annotation); peers elsewhere from their annotations.
+
+One lock serializes engine and datapath work: events arrive from the source's
+thread and from CNI request threads.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from nicwarden.agent.policy import (
+    Action,
+    CompileOptions,
+    Event,
+    InterfaceKey,
+    LoweredInterface,
+    PolicedInterface,
+    PolicyEngine,
+)
+from nicwarden.agent.store import Attachment, Store
+
+log = logging.getLogger(__name__)
+
+NETWORK_STATUS = "k8s.v1.cni.cncf.io/network-status"
+
+
+class ObjectSource(Protocol):
+    def start(self, sink: Callable[[Event], None]) -> None: ...
+    def stop(self) -> None: ...
+    def synced(self) -> bool: ...
+    def problems(self) -> list[Any]: ...
+
+
+class Datapath(Protocol):
+    """What enforcement needs of agent/host/bpf.PolicyDatapath."""
+
+    def attach(self, netns: str, ifname: str) -> Any: ...
+    def detach(self, iface: Any) -> None: ...
+    def apply(self, iface: Any, direction: Any, table: Any) -> int: ...
+    def counters(self, iface: Any) -> Mapping[Any, Any]: ...
+
+
+@dataclass
+class _Local:
+    """One policed interface on this node."""
+
+    target: PolicedInterface
+    netns: str
+    iface: Any = None  # the datapath's key once attached
+    generation: dict[str, int] = field(default_factory=dict)
+    digest: str = ""
+    applied_at: float = 0.0
+    error: str = ""
+
+
+def network_key(att: Attachment) -> str:
+    """Attachments carry the CNI network name; Multus names NAD networks
+    ``<ns>/<nad>`` and the NAD's config name is the NAD's name, so a bare
+    name lives in the pod's namespace."""
+    return att.network if "/" in att.network else f"{att.pod_namespace}/{att.network}"
+
+
+def attachment_ips(att: Attachment) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+    result = att.result or {}
+    out = []
+    for ip in result.get("ips", []):
+        try:
+            out.append(ipaddress.ip_interface(ip["address"]).ip)
+        except (KeyError, ValueError):
+            continue
+    return tuple(out)
+
+
+def attachment_mac(att: Attachment) -> str:
+    for iface in (att.result or {}).get("interfaces", []):
+        if iface.get("name") == att.ifname:
+            return str(iface.get("mac", ""))
+    return ""
+
+
+class PolicyEnforcer:
+    def __init__(
+        self,
+        store: Store,
+        datapath: Datapath | None,
+        source: ObjectSource | None,
+        options: CompileOptions | None = None,
+        datapath_error: str = "",
+    ) -> None:
+        self.store = store
+        self.datapath = datapath
+        self.datapath_error = datapath_error
+        self.source = source
+        self.engine = PolicyEngine(options)
+        self._lock = threading.RLock()
+        self._locals: dict[InterfaceKey, _Local] = {}
+        self._pods: dict[tuple[str, str], dict[str, Any]] = {}  # as the source gave them
+        self.last_sync = 0.0
+        self.syncs = 0
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._lock:
+            for att in self.store.list_attachments():
+                if att.state == "ready":
+                    self._add_local(att)
+            self._retarget()
+        if self.source is not None:
+            self.source.start(self.on_event)
+
+    def stop(self) -> None:
+        if self.source is not None:
+            self.source.stop()
+
+    # -- inputs ----------------------------------------------------------------
+
+    def on_event(self, event: Event) -> None:
+        kind = event.kind or str(event.obj.get("kind", ""))
+        with self._lock:
+            if kind == "Pod":
+                event = self._merge_pod(event)
+            try:
+                changed = self.engine.apply(event)
+            except Exception:
+                log.exception("policy engine rejected an event", extra={"kind": kind})
+                return
+            self._sync(changed)
+
+    def on_attach(self, att: Attachment) -> None:
+        with self._lock:
+            self._add_local(att)
+            self._refresh_pod(att.pod_namespace, att.pod_name)
+            self._retarget()
+
+    def on_detach(self, att: Attachment) -> None:
+        with self._lock:
+            key = self._key_of(att)
+            local = self._locals.pop(key, None)
+            if local is not None and local.iface is not None and self.datapath is not None:
+                try:
+                    self.datapath.detach(local.iface)
+                except Exception as e:  # the netns may already be gone
+                    log.warning(
+                        "datapath detach failed", extra={"iface": str(key), "error": str(e)}
+                    )
+            self.store.delete_policy_generation(str(key))
+            self._refresh_pod(att.pod_namespace, att.pod_name, without=att)
+            self._retarget()
+
+    # -- internals ---------------------------------------------------------------
+
+    def _key_of(self, att: Attachment) -> InterfaceKey:
+        return self._target_of(att).key
+
+    def _target_of(self, att: Attachment) -> PolicedInterface:
+        return PolicedInterface(
+            namespace=att.pod_namespace,
+            pod=att.pod_name,
+            ifname=att.ifname,
+            network=network_key(att),
+            ips=attachment_ips(att),
+            pod_uid=att.pod_uid,
+        )
+
+    def _add_local(self, att: Attachment) -> None:
+        if not att.pod_name or att.kind == "dpdk":
+            return  # no pod identity to select on, or no kernel interface to police
+        target = self._target_of(att)
+        self._locals[target.key] = _Local(target=target, netns=att.netns)
+
+    def _retarget(self) -> None:
+        changed = self.engine.set_targets([loc.target for loc in self._locals.values()])
+        self._sync(changed)
+
+    def _merge_pod(self, event: Event) -> Event:
+        meta = event.obj.get("metadata", {})
+        ident = (str(meta.get("namespace", "default")), str(meta.get("name", "")))
+        if event.action == Action.DELETE:
+            self._pods.pop(ident, None)
+            return event
+        self._pods[ident] = dict(event.obj)
+        return Event(event.action, self._with_local_status(event.obj, ident), event.kind)
+
+    def _refresh_pod(self, ns: str, name: str, without: Attachment | None = None) -> None:
+        obj = self._pods.get((ns, name))
+        if obj is None:
+            return
+        changed = self.engine.apply(
+            Event(Action.UPDATE, self._with_local_status(obj, (ns, name), without), "Pod")
+        )
+        self._sync(changed)
+
+    def _with_local_status(
+        self, obj: Mapping[str, Any], ident: tuple[str, str], without: Attachment | None = None
+    ) -> dict[str, Any]:
+        """The pod with its network-status entries for our attachments
+        replaced by what we know first-hand."""
+        mine = [
+            a
+            for a in self.store.list_attachments()
+            if (a.pod_namespace, a.pod_name) == ident
+            and a.state == "ready"
+            and (without is None or a.key != without.key)
+        ]
+        if not mine:
+            return dict(obj)
+        meta = dict(obj.get("metadata", {}))
+        annotations = dict(meta.get("annotations") or {})
+        try:
+            entries = json.loads(annotations.get(NETWORK_STATUS, "[]"))
+            if not isinstance(entries, list):
+                entries = []
+        except json.JSONDecodeError:
+            entries = []
+        ours = {network_key(a) for a in mine}
+        entries = [e for e in entries if isinstance(e, dict) and e.get("name") not in ours]
+        for a in mine:
+            entries.append(
+                {
+                    "name": network_key(a),
+                    "interface": a.ifname,
+                    "ips": [str(ip) for ip in attachment_ips(a)],
+                    "mac": attachment_mac(a),
+                    "dns": {},
+                }
+            )
+        annotations[NETWORK_STATUS] = json.dumps(entries)
+        meta["annotations"] = annotations
+        return {**obj, "metadata": meta}
+
+    def _sync(self, changed: set[InterfaceKey]) -> None:
+        if not changed:
+            return
+        self.syncs += 1
+        self.last_sync = time.time()
+        for key in sorted(changed):
+            local = self._locals.get(key)
+            lowered = self.engine.lowered(key)
+            if local is None or lowered is None:
+                continue
+            self._load(key, local, lowered)
+
+    def _load(self, key: InterfaceKey, local: _Local, lowered: LoweredInterface) -> None:
+        local.digest = lowered.digest()
+        if self.datapath is None:
+            local.error = f"no datapath: {self.datapath_error}"
+            return
+        isolated = lowered.ingress.isolated or lowered.egress.isolated
+        if local.iface is None and not isolated:
+            return  # zero overhead: nothing attached until a policy isolates it
+        from nicwarden.bpf.layout import Direction
+
+        try:
+            if local.iface is None:
+                local.iface = self.datapath.attach(local.netns, local.target.ifname)
+            for name, direction, table in (
+                ("ingress", Direction.INGRESS, lowered.ingress),
+                ("egress", Direction.EGRESS, lowered.egress),
+            ):
+                local.generation[name] = self.datapath.apply(local.iface, direction, table)
+            local.applied_at = time.time()
+            local.error = "; ".join(lowered.errors)
+            self.store.set_policy_generation(
+                str(key), max(local.generation.values()), local.digest, local.applied_at
+            )
+        except Exception as e:
+            local.error = f"datapath: {e}"
+            log.error("policy load failed", extra={"iface": str(key), "error": str(e)})
+
+    # -- reporting -----------------------------------------------------------------
+
+    def interfaces(self) -> list[dict[str, Any]]:
+        out = []
+        with self._lock:
+            for key, local in sorted(self._locals.items()):
+                tables = self.engine.tables(key)
+                lowered = self.engine.lowered(key)
+                counters: dict[str, int] = {}
+                if local.iface is not None and self.datapath is not None:
+                    try:
+                        for (d, v), c in self.datapath.counters(local.iface).items():
+                            counters[f"{d.name.lower()}_{v.name.lower()}"] = int(c.packets)
+                    except Exception as e:
+                        local.error = f"counters: {e}"
+                out.append(
+                    {
+                        "key": str(key),
+                        "pod": f"{local.target.namespace}/{local.target.pod}",
+                        "ifname": local.target.ifname,
+                        "network": local.target.network,
+                        "ingress_isolated": bool(lowered and lowered.ingress.isolated),
+                        "egress_isolated": bool(lowered and lowered.egress.isolated),
+                        "ingress_entries": len(lowered.ingress.peers) if lowered else 0,
+                        "egress_entries": len(lowered.egress.peers) if lowered else 0,
+                        "policies": list(tables.policies) if tables else [],
+                        "errors": [
+                            *(tables.errors if tables else ()),
+                            *([local.error] if local.error else []),
+                        ],
+                        "generation": max(local.generation.values(), default=0),
+                        "digest": local.digest[:12],
+                        "counters": counters,
+                    }
+                )
+        return out
+
+    def objects(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = [
+                {
+                    "kind": s.kind,
+                    "key": s.key,
+                    "ok": s.ok,
+                    "errors": list(s.errors),
+                    "warnings": list(s.warnings),
+                }
+                for s in self.engine.status()
+            ]
+        if self.source is not None:
+            for p in self.source.problems():
+                rows.append(
+                    {
+                        "kind": "Source",
+                        "key": str(getattr(p, "file", "")),
+                        "ok": False,
+                        "errors": [str(getattr(p, "message", p))],
+                        "warnings": [],
+                    }
+                )
+        return rows

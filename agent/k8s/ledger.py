@@ -1,0 +1,94 @@
+"""What a source has delivered, and the only place that calls its sink.
+
+Both sources describe the world to the ledger (one object, or every object of
+some kinds) and the ledger turns that into the events the consumer has not
+seen yet. Keeping the delivered state here is what lets a resync emit DELETE
+for objects that disappeared while nobody was watching, and lets a resumed
+watch replay events without the consumer seeing duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from ..policy import Action, Event
+from .kinds import KINDS, ObjectKey
+from .source import Sink
+
+log = logging.getLogger(__name__)
+
+_KIND_ORDER = {kind: i for i, kind in enumerate(KINDS)}
+
+
+def _order(key: ObjectKey) -> tuple[int, str, str]:
+    return (_KIND_ORDER.get(key[0], len(KINDS)), key[1], key[2])
+
+
+class Ledger:
+    def __init__(self) -> None:
+        # Reentrant so a sink may call back into its source (problems(), synced()).
+        self._lock = threading.RLock()
+        self._delivered: dict[ObjectKey, Mapping[str, Any]] = {}
+        self._sink: Sink | None = None
+
+    def attach(self, sink: Sink | None) -> None:
+        with self._lock:
+            self._sink = sink
+
+    def known(self, kind: str) -> dict[ObjectKey, Mapping[str, Any]]:
+        with self._lock:
+            return {k: v for k, v in self._delivered.items() if k[0] == kind}
+
+    def upsert(self, key: ObjectKey, obj: Mapping[str, Any]) -> bool:
+        """Deliver ADD or UPDATE unless the consumer already has exactly this."""
+        with self._lock:
+            old = self._delivered.get(key)
+            if old == obj:
+                return False
+            self._delivered[key] = obj
+            self._emit(Action.ADD if old is None else Action.UPDATE, key, obj)
+            return True
+
+    def remove(self, key: ObjectKey, final: Mapping[str, Any] | None = None) -> bool:
+        """Deliver DELETE (with the object's final state when known) unless the
+        consumer never had it."""
+        with self._lock:
+            old = self._delivered.pop(key, None)
+            if old is None:
+                return False
+            self._emit(Action.DELETE, key, final if final is not None else old)
+            return True
+
+    def replace(
+        self, kinds: Collection[str], objects: Mapping[ObjectKey, Mapping[str, Any]]
+    ) -> int:
+        """Make the delivered state of ``kinds`` equal ``objects``; returns the
+        number of events delivered.
+
+        Upserts go before deletes: when a policy is renamed, deleting first
+        would leave a moment where nothing isolates its pods (fail open);
+        adding first only briefly unions two policies' allows.
+        """
+        count = 0
+        with self._lock:
+            for key in sorted(objects, key=_order):
+                count += self.upsert(key, objects[key])
+            gone = [k for k in self._delivered if k[0] in kinds and k not in objects]
+            for key in sorted(gone, key=_order):
+                count += self.remove(key)
+        return count
+
+    def _emit(self, action: Action, key: ObjectKey, obj: Mapping[str, Any]) -> None:
+        sink = self._sink
+        if sink is None:
+            return
+        try:
+            sink(Event(action, obj, key[0]))
+        except Exception:
+            # The consumer's failure must not stop the stream for every other
+            # object; the event is considered delivered (re-sending it would
+            # most likely fail the same way forever).
+            log.exception("object sink failed", extra={"action": str(action), "object": key})
