@@ -66,11 +66,34 @@ class _Local:
     error: str = ""
 
 
-def network_key(att: Attachment) -> str:
-    """Attachments carry the CNI network name; Multus names NAD networks
-    ``<ns>/<nad>`` and the NAD's config name is the NAD's name, so a bare
-    name lives in the pod's namespace."""
-    return att.network if "/" in att.network else f"{att.pod_namespace}/{att.network}"
+def network_key(att: Attachment, nads: Mapping[tuple[str, str], str] | None = None) -> str:
+    """The NAD (``ns/name``) an attachment belongs to.
+
+    A delegate only learns the CNI network ``name`` (Multus passes no NAD
+    namespace), which is the NAD's config name, usually the NAD's own name.
+    Prefer a NAD of that name in the pod's namespace (Multus's default), else
+    the only NAD anywhere whose name or config name matches (a pod may use
+    ``other-ns/nad``), else assume the pod's namespace.
+    """
+    if "/" in att.network:
+        return att.network
+    if nads:
+        if (att.pod_namespace, att.network) in nads:
+            return f"{att.pod_namespace}/{att.network}"
+        matches = sorted(
+            f"{ns}/{name}" for (ns, name), conf in nads.items() if att.network in (name, conf)
+        )
+        if len(matches) == 1:
+            return matches[0]
+    return f"{att.pod_namespace}/{att.network}"
+
+
+def nad_config_name(obj: Mapping[str, Any]) -> str:
+    try:
+        conf = json.loads(str(obj.get("spec", {}).get("config") or "{}"))
+    except json.JSONDecodeError:
+        return ""
+    return str(conf.get("name", "")) if isinstance(conf, dict) else ""
 
 
 def attachment_ips(att: Attachment) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
@@ -108,8 +131,15 @@ class PolicyEnforcer:
         self._lock = threading.RLock()
         self._locals: dict[InterfaceKey, _Local] = {}
         self._pods: dict[tuple[str, str], dict[str, Any]] = {}  # as the source gave them
+        self._nads: dict[tuple[str, str], str] = {}  # (ns, name) -> config name
         self.last_sync = 0.0
         self.syncs = 0
+        # Until the source has delivered its initial state, tables computed
+        # from a partial picture must not reach the kernel: after a restart
+        # the pinned tables keep enforcing what was decided with full knowledge.
+        self._primed = threading.Event()
+        self._pending: set[InterfaceKey] = set()
+        self._waiter: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -119,10 +149,35 @@ class PolicyEnforcer:
                 if att.state == "ready":
                     self._add_local(att)
             self._retarget()
-        if self.source is not None:
-            self.source.start(self.on_event)
+        if self.source is None:
+            self._prime()
+            return
+        self.source.start(self.on_event)
+        self._waiter = threading.Thread(target=self._wait_synced, name="policy-prime", daemon=True)
+        self._waiter.start()
+
+    def _wait_synced(self) -> None:
+        assert self.source is not None
+        while not self._primed.is_set():
+            if self.source.synced():
+                self._prime()
+                return
+            time.sleep(0.05)
+
+    def _prime(self) -> None:
+        with self._lock:
+            self._primed.set()
+            keys = self._pending | {t.key for t in self.engine.targets()}
+            self._pending.clear()
+            self._sync(keys)
+        log.info("policy enforcement primed", extra={"interfaces": len(self._locals)})
+
+    @property
+    def primed(self) -> bool:
+        return self._primed.is_set()
 
     def stop(self) -> None:
+        self._primed.set()  # ends the waiter
         if self.source is not None:
             self.source.stop()
 
@@ -139,6 +194,8 @@ class PolicyEnforcer:
                 log.exception("policy engine rejected an event", extra={"kind": kind})
                 return
             self._sync(changed)
+            if kind == "NetworkAttachmentDefinition" and self._track_nad(event):
+                self._rekey()
 
     def on_attach(self, att: Attachment) -> None:
         with self._lock:
@@ -163,6 +220,28 @@ class PolicyEnforcer:
 
     # -- internals ---------------------------------------------------------------
 
+    def _track_nad(self, event: Event) -> bool:
+        """Remember NAD names; True when the set changed (targets may rekey)."""
+        meta = event.obj.get("metadata", {})
+        ident = (str(meta.get("namespace", "default")), str(meta.get("name", "")))
+        before = dict(self._nads)
+        if event.action == Action.DELETE:
+            self._nads.pop(ident, None)
+        else:
+            self._nads[ident] = nad_config_name(event.obj)
+        return before != self._nads
+
+    def _rekey(self) -> None:
+        """NADs changed: an attachment's network may now resolve elsewhere."""
+        for att in self.store.list_attachments():
+            local = self._locals.get(self._target_of(att).key) if att.pod_name else None
+            if local is not None:
+                local.target = self._target_of(att)
+        # Our pods' network-status entries are named by network too.
+        for ns, name in {(a.pod_namespace, a.pod_name) for a in self.store.list_attachments()}:
+            self._refresh_pod(ns, name)
+        self._retarget()
+
     def _key_of(self, att: Attachment) -> InterfaceKey:
         return self._target_of(att).key
 
@@ -171,7 +250,7 @@ class PolicyEnforcer:
             namespace=att.pod_namespace,
             pod=att.pod_name,
             ifname=att.ifname,
-            network=network_key(att),
+            network=network_key(att, self._nads),
             ips=attachment_ips(att),
             pod_uid=att.pod_uid,
         )
@@ -226,12 +305,12 @@ class PolicyEnforcer:
                 entries = []
         except json.JSONDecodeError:
             entries = []
-        ours = {network_key(a) for a in mine}
+        ours = {network_key(a, self._nads) for a in mine}
         entries = [e for e in entries if isinstance(e, dict) and e.get("name") not in ours]
         for a in mine:
             entries.append(
                 {
-                    "name": network_key(a),
+                    "name": network_key(a, self._nads),
                     "interface": a.ifname,
                     "ips": [str(ip) for ip in attachment_ips(a)],
                     "mac": attachment_mac(a),
@@ -244,6 +323,9 @@ class PolicyEnforcer:
 
     def _sync(self, changed: set[InterfaceKey]) -> None:
         if not changed:
+            return
+        if not self._primed.is_set():
+            self._pending |= changed
             return
         self.syncs += 1
         self.last_sync = time.time()

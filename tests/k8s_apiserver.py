@@ -20,7 +20,8 @@ else is a 404, an unknown query parameter a 400, so drift shows up):
 
 One global resourceVersion counter orders every change, as etcd's revision
 does. Test controls: ``add``/``update``/``delete``, ``compact``,
-``drop_watches``, ``bookmark``, ``fail_next``, ``wait_for_watches``; the
+``drop_watches``, ``bookmark``, ``fail_next``, ``wait_for_watches``,
+``on_request``; the
 ``requests`` log; the stored ``events``. Also ``EventLog``, a recording sink.
 """
 
@@ -149,6 +150,9 @@ class FakeApiServer:
         self._watchers: list[_Watcher] = []
         self._watches_opened: dict[str, int] = {k: 0 for k in TYPES}
         self._failures: list[_Failure] = []
+        # Called (outside the store lock) with each request before it is
+        # served, to change the world at an exact point of a client's sequence.
+        self.on_request: Callable[[Request], None] | None = None
         self._stopping = False
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._server.daemon_threads = True
@@ -425,8 +429,11 @@ def _make_handler(server: FakeApiServer) -> type[BaseHTTPRequestHandler]:
         def _prologue(self) -> tuple[str, dict[str, str]] | None:
             split = urlsplit(self.path)
             query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
+            request = Request(self.command, split.path, query, time.monotonic())
             with server._cond:
-                server.requests.append(Request(self.command, split.path, query, time.monotonic()))
+                server.requests.append(request)
+            if server.on_request is not None:
+                server.on_request(request)
             if server.token and self.headers.get("Authorization") != f"Bearer {server.token}":
                 self._error(401, "Unauthorized")
                 return None

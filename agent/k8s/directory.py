@@ -7,7 +7,7 @@ inode) are seen within one interval, with no inotify dependency. ctime is in
 the signature because mtime can be set back (``cp -p``, ``touch -d``) while
 ctime cannot.
 
-Decisions (documented in the package README):
+Decisions (also in this package's README.md):
 * A file that becomes malformed (or unreadable) keeps its **last good
   objects**, and the problem is reported. Deleting them would be stricter but
   dropping a MultiNetworkPolicy opens traffic, and a half-saved file in an
@@ -65,6 +65,8 @@ class _File:
 
 class DirectorySource:
     def __init__(self, path: Path | str, poll_interval: float = 0.2) -> None:
+        if poll_interval <= 0:
+            raise ValueError("poll_interval must be positive")
         self.path = Path(path)
         self.poll_interval = poll_interval
         self._ledger = Ledger()

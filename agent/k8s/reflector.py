@@ -38,6 +38,11 @@ class WatchSettings:
     request_timeout: float = 30.0
     page_size: int = 500
 
+    def __post_init__(self) -> None:
+        # timeoutSeconds is whole seconds, and 0 would mean "server default".
+        if self.watch_timeout < 1 or self.request_timeout <= 0 or self.page_size < 1:
+            raise ValueError("need watch_timeout >= 1 s, request_timeout > 0 and page_size >= 1")
+
 
 class _Gone(Exception):
     """The watch's resourceVersion is no longer available: relist."""

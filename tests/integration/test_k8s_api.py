@@ -29,7 +29,7 @@ from nicwarden.agent.k8s import (
     load_client,
 )
 from nicwarden.agent.policy import PolicedInterface, PolicyEngine
-from tests.k8s_apiserver import EventLog, FakeApiServer, wait_until
+from tests.k8s_apiserver import EventLog, FakeApiServer, Request, wait_until
 
 FAST = BackoffPolicy(initial=0.02, cap=0.2)
 NET_STATUS = "k8s.v1.cni.cncf.io/network-status"
@@ -395,6 +395,31 @@ def test_compacted_version_relists_and_deletes_what_vanished(
     last_list = max(i for i, r in enumerate(pod_requests) if r.query.get("watch") != "true")
     assert pod_requests[last_list - 1].query.get("watch") == "true"
     assert source.problems() == []
+
+
+def test_expired_continue_token_restarts_the_list(server: FakeApiServer, make_source: Any) -> None:
+    """The server compacts between two pages of a list: the second page is
+    410 Gone and the list starts over; nothing partial is delivered."""
+    world(server)
+    fired: list[Request] = []
+
+    def compact_mid_list(request: Request) -> None:
+        if request.path == "/api/v1/pods" and "continue" in request.query and not fired:
+            fired.append(request)
+            server.delete(pod("prod", "p0"))
+            server.compact()
+
+    server.on_request = compact_mid_list
+    source = make_source(page_size=2)
+    log = start_synced(source, server)
+
+    pod_lists = [r.query.get("continue", "") != "" for r in server.requests_for("Pod", watch=False)]
+    # first page, expired second page, then the whole list again (4 pods: 2 pages)
+    assert pod_lists == [False, True, False, True]
+    assert fired
+    assert ("Pod", "prod", "p0") not in log.state()
+    assert all(str(e.action) == "add" for e in log.events)  # no partial list, no churn
+    assert log.state() == server_state(server)
 
 
 def test_restart_relists_and_delivers_the_difference(
