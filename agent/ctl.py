@@ -390,9 +390,9 @@ def cmd_policies(client: Client, args: argparse.Namespace) -> tuple[Message, str
         text += f"\n\ndatapath: NOT ENFORCING: {resp.datapath_error}"
     if args.verbose:
         for i in resp.interfaces:
-            text += f"\n\n{i.pod} {i.ifname}: counters " + ", ".join(
-                f"{k}={v}" for k, v in sorted(i.counters.items()) if v
-            )
+            nonzero = [f"{k}={v}" for k, v in sorted(i.counters.items()) if v]
+            if nonzero:
+                text += f"\n\n{i.pod} {i.ifname} packets: " + ", ".join(nonzero)
     return resp, text
 
 

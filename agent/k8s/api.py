@@ -32,8 +32,9 @@ def load_client(kubeconfig: Path | None = None) -> Any:
     (``KUBERNETES_SERVICE_HOST`` set) and no kubeconfig was given, else the
     kubeconfig (``None``: ``$KUBECONFIG`` or ``~/.kube/config``)."""
     configuration = client.Configuration()
+    in_cluster = kubeconfig is None and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
     try:
-        if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        if in_cluster:
             config.load_incluster_config(client_configuration=configuration)
         else:
             config.load_kube_config(
@@ -42,11 +43,12 @@ def load_client(kubeconfig: Path | None = None) -> Any:
                 persist_config=False,
             )
     except (config.ConfigException, OSError, ValueError) as exc:
-        where = str(kubeconfig) if kubeconfig is not None else "the default kubeconfig"
         source = (
             "in-cluster config"
-            if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST")
-            else where
+            if in_cluster
+            else str(kubeconfig)
+            if kubeconfig is not None
+            else "the default kubeconfig"
         )
         raise ConfigError(f"cannot load Kubernetes client config from {source}: {exc}") from exc
     return client.ApiClient(configuration)

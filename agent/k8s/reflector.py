@@ -11,6 +11,7 @@ import json
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,8 @@ from .source import SourceProblem
 log = logging.getLogger(__name__)
 
 HTTP_GONE = 410
+# A watch the server ends cleanly sooner than this did not prove anything.
+_MIN_CLEAN_WATCH = 1.0
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,9 @@ class WatchSettings:
 
 class _Gone(Exception):
     """The watch's resourceVersion is no longer available: relist."""
+
+    def __str__(self) -> str:
+        return "HTTP 410 Gone"
 
 
 class Reflector:
@@ -70,6 +76,7 @@ class Reflector:
         self._problem: SourceProblem | None = None
         self.synced = threading.Event()
         self.resource_version: str | None = None
+        self._fresh_list = False  # listed, and no watch event seen since
 
     @property
     def kind(self) -> str:
@@ -92,14 +99,26 @@ class Reflector:
             try:
                 if self.resource_version is None:
                     self.resource_version = self._list()
-                    self._healthy()
+                    # The backoff is reset only by a working watch: a list
+                    # that succeeds before every failing watch must not
+                    # restart the delays from the bottom.
+                    self._clear_problem()
                 phase = "watch"
+                started = time.monotonic()
                 self._watch_once()
-            except _Gone:
-                # Relist at once: the next request is a different one (a list),
-                # and the gap since the expired version is only growing.
+                if time.monotonic() - started < _MIN_CLEAN_WATCH:
+                    # Closed cleanly at once, again and again (a proxy, an
+                    # overloaded server): retrying at once would spin.
+                    raise ConnectionError("the server closed the watch at once")
+                self._healthy()  # the server ended the watch cleanly
+            except _Gone as gone:
                 log.info("watch expired, relisting", extra={"kind": self.kind})
                 self.resource_version = None
+                if self._fresh_list:
+                    # Gone straight after a list: the server serves lists
+                    # older than its watch window; relisting at once would spin.
+                    self._failed("watch", gone)
+                # Otherwise relist at once: the gap is only growing.
             except Exception as exc:
                 if self._stopping.is_set():
                     return
@@ -153,6 +172,7 @@ class Reflector:
             extra={"kind": self.kind, "objects": len(objects), "events": delivered, "rv": version},
         )
         self.synced.set()
+        self._fresh_list = True
         return version
 
     # -- watch ------------------------------------------------------------
@@ -227,6 +247,7 @@ class Reflector:
             return
         if isinstance(version, str) and version:
             self.resource_version = version
+        self._fresh_list = False
         self._healthy()
 
     # -- helpers ----------------------------------------------------------
@@ -259,7 +280,9 @@ class Reflector:
         self._stopping.wait(delay)
 
 
-def _describe_error(exc: Exception) -> str:
+def _describe_error(exc: BaseException) -> str:
+    if isinstance(exc, _Gone) and exc.__cause__ is not None:
+        exc = exc.__cause__
     if isinstance(exc, ApiException):
         detail = ""
         with contextlib.suppress(ValueError, TypeError, AttributeError):

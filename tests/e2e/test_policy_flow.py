@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.agent_proc import SHIM, Running, cleanup_node, kill_agent, start_agent, stop_agent
+from tests.agent_proc import SHIM, Running, cleanup_node, kill_agent, start_agent
 from tests.cni_runtime import invoke, netns_path
 from tests.conftest import run
 from tests.traffic import Servers, ping_ok, tcp_ok, udp_ok

@@ -422,6 +422,30 @@ def test_expired_continue_token_restarts_the_list(server: FakeApiServer, make_so
     assert log.state() == server_state(server)
 
 
+def test_gone_right_after_a_list_backs_off_instead_of_spinning(
+    server: FakeApiServer, make_source: Any
+) -> None:
+    """A server whose lists are already older than its watch window answers
+    every watch with 410: relisting at once each time would spin."""
+    counter = iter(range(10_000))
+
+    def expire_every_watch(request: Request) -> None:
+        if request.path == "/api/v1/namespaces" and request.query.get("watch") == "true":
+            server.add(nad("prod", f"churn-{next(counter)}"))  # move the version on
+            server.compact()
+
+    server.on_request = expire_every_watch
+    source = make_source(backoff=BackoffPolicy(initial=0.05, cap=1.0, jitter=0.0))
+    source.start(EventLog())
+    wait_until(lambda: source.problems() != [], what="problem reported")
+    time.sleep(0.8)
+    server.on_request = None
+    lists = len(server.requests_for("Namespace", watch=False))
+    assert 2 <= lists <= 8, lists  # 0.05 + 0.1 + 0.2 + 0.4 s of backoff, not a busy loop
+    (problem,) = [p for p in source.problems() if p.object == "namespaces"]
+    assert "HTTP 410" in problem.message and "too old resource version" in problem.message
+
+
 def test_restart_relists_and_delivers_the_difference(
     server: FakeApiServer, make_source: Any
 ) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib.util
 import re
 import shlex
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ import yaml
 
 from nicwarden.agent import ctl, daemon
 from nicwarden.agent.config import AgentConfig, load_config, settings_reference, to_plain_dict
+from nicwarden.agent.errors import ConfigError
 from nicwarden.agent.sriov import parse_sriov
 from nicwarden.deviceplugin.config import parse_resource_list
 
@@ -85,8 +88,8 @@ def invocations(text: str, program: str) -> Iterator[list[str]]:
         rest = re.split(r"\s(?:\||;|&&|#)|\)", match[1])[0]
         if "$" in rest or "..." in rest:
             continue  # a shell function or an elided example: nothing fixed to check
-        tokens = shlex.split(rest)
-        yield ["x" if re.fullmatch(r"<[^>]+>", t) else t for t in tokens]
+        # A <placeholder> stands for a value: "1" suits names and numbers alike.
+        yield ["1" if re.fullmatch(r"<[^>]+>", t) else t for t in shlex.split(rest)]
 
 
 # -- the settings table -----------------------------------------------------------
@@ -150,7 +153,7 @@ def test_invocation_scanner_finds_commands() -> None:
     text += "and `nicwardenctl attachment <container-id>` inline"
     assert list(invocations(text, "nicwardenctl")) == [
         ["-o", "json", "pools", "--devices"],
-        ["attachment", "x"],
+        ["attachment", "1"],
     ]
 
 
@@ -194,9 +197,30 @@ def test_inline_settings_validate() -> None:
             match = _INLINE_SETTING.fullmatch(span)
             if not match or match[1].split(".")[0] not in TOP_LEVEL:
                 continue
-            load_config(None, {match[1]: yaml.safe_load(match[2])})
+            try:
+                load_config(None, {match[1]: yaml.safe_load(match[2])})
+            except ConfigError as e:
+                pytest.fail(f"{name}: `{span}` is not a valid setting: {e}")
             checked += 1
     assert checked >= 3
+
+
+def test_config_check_recipe_accepts_the_shipped_config(tmp_path: Path) -> None:
+    """The "check a file before rolling it out" recipe runs as written."""
+    block = next(body for _, body in code_blocks(doc("configuration.md")) if "<<'EOF'" in body)
+    script = block.split("\n", 1)[1].rsplit("EOF", 1)[0]
+    cm = yaml.safe_load((REPO / "deploy" / "configmap.yaml").read_text())
+    config = tmp_path / "config.yaml"
+    config.write_text(cm["data"]["config.yaml"])
+    out = subprocess.run(
+        [sys.executable, "-", str(config)], input=script, capture_output=True, text=True
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    config.write_text("sriov:\n  - numVfs: 4\n")
+    out = subprocess.run(
+        [sys.executable, "-", str(config)], input=script, capture_output=True, text=True
+    )
+    assert out.returncode != 0 and "needs a selector" in out.stderr
 
 
 # -- links and paths --------------------------------------------------------------------
