@@ -371,3 +371,67 @@ def test_32_concurrent_adds_and_dels_leak_nothing(tmp_path: Path) -> None:
         for name in names:
             run("ip", "netns", "del", name, check=False)
         shutil.rmtree(tmp_path / "ipam", ignore_errors=True)
+
+
+def macvlan_conflist(agent: Running, tmp: Path, master: str, version: str = "1.0.0") -> list[dict[str, Any]]:
+    """A conflist as a runtime expands it: each plugin gets name + cniVersion."""
+    return [
+        {"cniVersion": version, "name": "mvnet", "type": "macvlan", "master": master,
+         "mode": "bridge", "ipam": {"type": "host-local", "subnet": "10.88.0.0/24",
+                                    "dataDir": str(tmp / "ipam-mv")}},
+        {"cniVersion": version, "name": "mvnet", "type": "nicwarden",
+         "agentSocket": str(agent.cni_sock)},
+    ]
+
+
+@pytest.mark.parametrize("version", ["0.4.0", "1.0.0"])
+def test_chained_policy_only_mode_after_macvlan(
+    agent: Running, tmp_path: Path, netns: Callable[[], str], version: str
+) -> None:
+    ns = netns()
+    macvlan, ours = macvlan_conflist(agent, tmp_path, f"{agent.prefix}1", version)
+    kw = dict(container="chain1", netns=netns_path(ns), ifname="net1", pod="m1", namespace="prod")
+    first = invoke("/usr/lib/cni/macvlan", "ADD", macvlan, **kw)
+    assert first.code == 0, first.stdout
+    out = invoke(SHIM, "ADD", dict(ours, prevResult=first.json), **kw)
+    assert out.code == 0, out.stdout
+    # prevResult passed through: equivalent (SPEC), an empty dns object may be dropped.
+    assert out.json == {k: v for k, v in first.json.items() if v != {}}
+    atts = agent.ctl_json("attachments")["attachments"]
+    assert [(a["kind"], a["pod_name"], a.get("device", "")) for a in atts] == [("chained", "m1", "")]
+    if version != "0.3.1":
+        chk = invoke(SHIM, "CHECK", dict(ours, prevResult=first.json), **kw)
+        assert chk.code == 0, chk.stdout
+    # DEL in reverse order; ours leaves the macvlan alone.
+    assert invoke(SHIM, "DEL", dict(ours, prevResult=first.json), **kw).code == 0
+    assert "net1" in run("ip", "-n", ns, "link").stdout
+    assert agent.ctl_json("attachments").get("attachments", []) == []
+    assert invoke("/usr/lib/cni/macvlan", "DEL", macvlan, **kw).code == 0
+    # Chained without a prevResult naming the interface is a config error.
+    bad = invoke(SHIM, "ADD", ours, **kw)
+    assert bad.code != 0 and bad.json["code"] == 7
+
+
+def test_dpdk_vf_add_returns_ipam_without_netns_move(
+    agent: Running, tmp_path: Path, netns: Callable[[], str]
+) -> None:
+    ns = netns()
+    assert agent.ctl("bind", "0000:18:01.7", "vfio-pci").returncode == 0
+    info_file = tmp_path / "devinfo-dpdk.json"
+    c = conf(agent, tmp_path, "0000:18:01.7", "1.1.0", vlan=200)
+    c["runtimeConfig"] = {"CNIDeviceInfoFile": str(info_file)}
+    c["ipam"] = {"type": "static", "addresses": [{"address": "192.168.90.7/24"}]}
+    kw = dict(container="dpdk1", netns=netns_path(ns), ifname="net1")
+    out = invoke(SHIM, "ADD", c, **kw)
+    assert out.code == 0, out.stdout
+    (iface,) = out.json["interfaces"]
+    assert iface["pciID"] == "0000:18:01.7" and "mac" not in iface
+    assert out.json["ips"][0]["address"] == "192.168.90.7/24"
+    # No kernel netdev moved: the pod netns has only lo; the address is for DPDK.
+    assert run("ip", "-n", ns, "-br", "link").stdout.split()[0] == "lo"
+    assert len(run("ip", "-n", ns, "-br", "link").stdout.strip().splitlines()) == 1
+    assert json.loads(info_file.read_text())["pci"]["pci-address"] == "0000:18:01.7"
+    att = agent.ctl_json("attachments")["attachments"][0]
+    assert att["kind"] == "dpdk"
+    assert invoke(SHIM, "DEL", c, **kw).code == 0
+    assert agent.ctl("bind", "0000:18:01.7", "kernel").returncode == 0

@@ -6,12 +6,14 @@ and the "not yet" notes disappear when the code catches up."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import re
 import shlex
 import subprocess
 import sys
 import tempfile
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -59,12 +61,13 @@ def gen_config_doc() -> ModuleType:
 
 # -- markdown pieces ------------------------------------------------------------
 
-_FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
+# Fences may be indented (code blocks inside list items).
+_FENCE = re.compile(r"^[ \t]*```(\w*)\n(.*?)^[ \t]*```", re.M | re.S)
 _SPAN = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
 
 
 def code_blocks(text: str) -> list[tuple[str, str]]:
-    return [(m[1], m[2]) for m in _FENCE.finditer(text)]
+    return [(m[1], textwrap.dedent(m[2])) for m in _FENCE.finditer(text)]
 
 
 def code_spans(text: str) -> list[str]:
@@ -123,8 +126,18 @@ def test_generated_table_renders_defaults_as_yaml() -> None:
 # -- command lines ---------------------------------------------------------------------
 
 
+def _strict(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """No abbreviated options (`--dev` for `--devices`): docs spell them out."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _strict(sub)
+    return parser
+
+
 def test_nicwardenctl_command_lines_parse() -> None:
-    parser = ctl.build_parser()
+    parser = _strict(ctl.build_parser())
     seen = set()
     for name, text in all_docs():
         for argv in invocations(text, "nicwardenctl"):
@@ -138,7 +151,7 @@ def test_nicwardenctl_command_lines_parse() -> None:
 
 
 def test_nicwarden_agent_command_lines_parse() -> None:
-    parser = daemon.build_parser()
+    parser = _strict(daemon.build_parser())
     for name, text in all_docs():
         for argv in invocations(text, "nicwarden-agent"):
             try:
@@ -155,6 +168,37 @@ def test_invocation_scanner_finds_commands() -> None:
         ["-o", "json", "pools", "--devices"],
         ["attachment", "1"],
     ]
+
+
+def _daemonsets() -> dict[str, dict[str, Any]]:
+    out = {}
+    for path in (REPO / "deploy").rglob("*.yaml"):
+        for body in yaml.safe_load_all(path.read_text()):
+            if body and body.get("kind") == "DaemonSet":
+                out[body["metadata"]["name"]] = body
+    return out
+
+
+def test_kubectl_lines_name_real_objects() -> None:
+    """`ds/<name>`, `-c <container>` and `-l <labels>` in the docs' kubectl
+    commands match deploy/."""
+    daemonsets = _daemonsets()
+    agent = daemonsets["nicwarden"]["spec"]["template"]
+    containers = {
+        c["name"] for c in [*agent["spec"]["initContainers"], *agent["spec"]["containers"]]
+    }
+    labels = agent["metadata"]["labels"]
+    for name, text in all_docs():
+        for line in command_lines(text):
+            if "kubectl" not in line or "nicwarden" not in line:
+                continue
+            for ds in re.findall(r"\bds/([\w-]+)", line):
+                assert ds in daemonsets, f"{name}: no DaemonSet {ds}"
+            for container in re.findall(r"\s-c\s+([\w-]+)", line):
+                assert container in containers, f"{name}: no container {container}"
+            for selector in re.findall(r"\s-l\s+(\S+=\S+)", line):  # not `ls -l`
+                pairs = dict(kv.split("=", 1) for kv in selector.split(","))
+                assert pairs.items() <= labels.items(), f"{name}: {selector} selects no agent"
 
 
 # -- config snippets --------------------------------------------------------------------
