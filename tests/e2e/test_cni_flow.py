@@ -373,14 +373,29 @@ def test_32_concurrent_adds_and_dels_leak_nothing(tmp_path: Path) -> None:
         shutil.rmtree(tmp_path / "ipam", ignore_errors=True)
 
 
-def macvlan_conflist(agent: Running, tmp: Path, master: str, version: str = "1.0.0") -> list[dict[str, Any]]:
+def macvlan_conflist(
+    agent: Running, tmp: Path, master: str, version: str = "1.0.0"
+) -> list[dict[str, Any]]:
     """A conflist as a runtime expands it: each plugin gets name + cniVersion."""
     return [
-        {"cniVersion": version, "name": "mvnet", "type": "macvlan", "master": master,
-         "mode": "bridge", "ipam": {"type": "host-local", "subnet": "10.88.0.0/24",
-                                    "dataDir": str(tmp / "ipam-mv")}},
-        {"cniVersion": version, "name": "mvnet", "type": "nicwarden",
-         "agentSocket": str(agent.cni_sock)},
+        {
+            "cniVersion": version,
+            "name": "mvnet",
+            "type": "macvlan",
+            "master": master,
+            "mode": "bridge",
+            "ipam": {
+                "type": "host-local",
+                "subnet": "10.88.0.0/24",
+                "dataDir": str(tmp / "ipam-mv"),
+            },
+        },
+        {
+            "cniVersion": version,
+            "name": "mvnet",
+            "type": "nicwarden",
+            "agentSocket": str(agent.cni_sock),
+        },
     ]
 
 
@@ -398,7 +413,9 @@ def test_chained_policy_only_mode_after_macvlan(
     # prevResult passed through: equivalent (SPEC), an empty dns object may be dropped.
     assert out.json == {k: v for k, v in first.json.items() if v != {}}
     atts = agent.ctl_json("attachments")["attachments"]
-    assert [(a["kind"], a["pod_name"], a.get("device", "")) for a in atts] == [("chained", "m1", "")]
+    assert [(a["kind"], a["pod_name"], a.get("device", "")) for a in atts] == [
+        ("chained", "m1", "")
+    ]
     if version != "0.3.1":
         chk = invoke(SHIM, "CHECK", dict(ours, prevResult=first.json), **kw)
         assert chk.code == 0, chk.stdout

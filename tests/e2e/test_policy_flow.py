@@ -357,15 +357,26 @@ def test_policy_on_chained_interfaces(
 ) -> None:
     """Policy-only mode: another plugin makes the interface, we police it."""
     bridge = f"nwbr{cluster.agent.prefix}"[:15]
-    first: dict[str, Any] = {"cniVersion": "1.0.0", "name": "chainnet", "type": plugin,
-                             "ipam": {"type": "host-local", "subnet": "10.89.0.0/24",
-                                      "dataDir": str(cluster.tmp / "ipam-chain")}}
+    first: dict[str, Any] = {
+        "cniVersion": "1.0.0",
+        "name": "chainnet",
+        "type": plugin,
+        "ipam": {
+            "type": "host-local",
+            "subnet": "10.89.0.0/24",
+            "dataDir": str(cluster.tmp / "ipam-chain"),
+        },
+    }
     if plugin == "macvlan":
         first.update(master=f"{cluster.agent.prefix}0", mode="bridge")
     else:
         first.update(bridge=bridge)
-    ours = {"cniVersion": "1.0.0", "name": "chainnet", "type": "nicwarden",
-            "agentSocket": str(cluster.agent.cni_sock)}
+    ours = {
+        "cniVersion": "1.0.0",
+        "name": "chainnet",
+        "type": "nicwarden",
+        "agentSocket": str(cluster.agent.cni_sock),
+    }
     cluster.write("chain-nad", nad("prod", "chainnet"))
     ips: dict[str, str] = {}
     spaces: dict[str, str] = {}
@@ -373,13 +384,27 @@ def test_policy_on_chained_interfaces(
         for name, app in (("csrv", "csrv"), ("cok", "cok"), ("cbad", "cbad")):
             ns = netns()
             spaces[name] = ns
-            cluster.write(f"pod-prod-{name}", {
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": name, "namespace": "prod", "labels": {"app": app},
-                             "uid": f"uid-{name}"},
-                "spec": {"containers": [{"name": "c", "image": "x"}]}})
-            kw = dict(container=f"c-{name}", netns=netns_path(ns), ifname="net2", pod=name,
-                      namespace="prod")
+            cluster.write(
+                f"pod-prod-{name}",
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {
+                        "name": name,
+                        "namespace": "prod",
+                        "labels": {"app": app},
+                        "uid": f"uid-{name}",
+                    },
+                    "spec": {"containers": [{"name": "c", "image": "x"}]},
+                },
+            )
+            kw = dict(
+                container=f"c-{name}",
+                netns=netns_path(ns),
+                ifname="net2",
+                pod=name,
+                namespace="prod",
+            )
             res = invoke(f"/usr/lib/cni/{plugin}", "ADD", first, **kw)
             assert res.code == 0, res.stdout
             out = invoke(SHIM, "ADD", dict(ours, prevResult=res.json), **kw)
@@ -388,21 +413,36 @@ def test_policy_on_chained_interfaces(
         srv = Servers(spaces["csrv"], tcp=(7000,))
         try:
             assert tcp_ok(spaces["cbad"], ips["csrv"], 7000)
-            cluster.write("chain-policy", mnp("csrv-in", "prod", {
-                "podSelector": {"matchLabels": {"app": "csrv"}},
-                "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "cok"}}}]}],
-            }, networks="chainnet"))
+            cluster.write(
+                "chain-policy",
+                mnp(
+                    "csrv-in",
+                    "prod",
+                    {
+                        "podSelector": {"matchLabels": {"app": "csrv"}},
+                        "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "cok"}}}]}],
+                    },
+                    networks="chainnet",
+                ),
+            )
             eventually(lambda: not tcp_ok(spaces["cbad"], ips["csrv"], 7000))
             assert tcp_ok(spaces["cok"], ips["csrv"], 7000)
             # The VF network (sriov-net) is not selected: db stays open to everyone.
-            assert not any(i["pod"] == "prod/db" and i["ingress_isolated"]
-                           for i in cluster.policies()["interfaces"])
+            assert not any(
+                i["pod"] == "prod/db" and i["ingress_isolated"]
+                for i in cluster.policies()["interfaces"]
+            )
         finally:
             srv.close()
     finally:
         for name, ns in spaces.items():
-            kw = dict(container=f"c-{name}", netns=netns_path(ns), ifname="net2", pod=name,
-                      namespace="prod")
+            kw = dict(
+                container=f"c-{name}",
+                netns=netns_path(ns),
+                ifname="net2",
+                pod=name,
+                namespace="prod",
+            )
             invoke(SHIM, "DEL", ours, **kw)
             invoke(f"/usr/lib/cni/{plugin}", "DEL", first, **kw)
         if plugin == "bridge":
