@@ -493,6 +493,9 @@ def build_parser() -> argparse.ArgumentParser:
     inst.add_argument("--python", default="/usr/bin/python3", help="interpreter for the shim")
     inst.set_defaults(local=cmd_install_cni)
     sub.add_parser("health", help="agent component health").set_defaults(func=cmd_health)
+    for sp in sub.choices.values():
+        # `nicwardenctl devices -o json` works as well as `nicwardenctl -o json devices`.
+        sp.add_argument("-o", "--output", choices=["table", "json"], default=argparse.SUPPRESS)
     return p
 
 

@@ -5,7 +5,9 @@ tests can run a whole agent in-process."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import socket as pysocket
 import threading
 import time
@@ -18,6 +20,7 @@ from nicwarden.agent.attach import AttachContext, AttachService
 from nicwarden.agent.config import AgentConfig, SimShape
 from nicwarden.agent.dpdk import DeviceCtx
 from nicwarden.agent.enforcement import PolicyEnforcer
+from nicwarden.agent.errors import NicwardenError
 from nicwarden.agent.host.netlink import Netlink
 from nicwarden.agent.host.paths import HostPaths
 from nicwarden.agent.host.sysfs import KernelSysfsWriter, SysfsWriter, check_root
@@ -48,7 +51,9 @@ class AgentRuntime:
         self.sim_prefix = sim_prefix
         self.sim_root = sim_root
         self.sim_keep = sim_keep
-        self.node_name = pysocket.gethostname()
+        # The DaemonSet passes the Kubernetes node name (downward API); the
+        # hostname can differ from it.
+        self.node_name = os.environ.get("NODE_NAME") or pysocket.gethostname()
         self.started_at = time.time()
         self.metrics = Metrics()
         self.sim: SimulatedNode | None = None
@@ -206,10 +211,7 @@ class AgentRuntime:
                 from nicwarden.agent.host.bpf import PolicyDatapath
 
                 dp = PolicyDatapath(instance, keep_established=cfg.keep_established)
-                if (dp.pin_dir / "nw_progs").exists():
-                    dp.adopt()
-                else:
-                    dp.load()
+                self._open_datapath(dp)
                 self.datapath = dp
                 self._stops.append(self._close_datapath)
             except Exception as e:
@@ -233,6 +235,28 @@ class AgentRuntime:
         self.attach.ctx.on_detach.append(self.enforcer.on_detach)
         self.enforcer.start()
         self._stops.append(self.enforcer.stop)
+
+    def _open_datapath(self, dp: Any) -> None:
+        """Adopt pinned enforcement (no gap); swap in a new program only when
+        this agent's datapath source differs from the one that made the pins
+        (an upgrade), recorded in the store."""
+        from nicwarden.agent.host.bpf import BPF_SRC_DIR
+
+        assert self.store is not None
+        digest = hashlib.sha256(
+            b"".join(p.read_bytes() for p in sorted(BPF_SRC_DIR.glob("*.[ch]")))
+        ).hexdigest()
+        key = f"bpf.source.{dp.instance}"
+        if (dp.pin_dir / "nw_progs").exists():
+            try:
+                dp.adopt()
+                if self.store.get_meta(key) == digest:
+                    return
+                log.info("datapath source changed since the pins were made: upgrading in place")
+            except NicwardenError as e:
+                log.warning("cannot adopt pinned datapath, reloading", extra={"error": str(e)})
+        dp.load()
+        self.store.set_meta(key, digest)
 
     def _close_datapath(self) -> None:
         """Pins outlive the agent so pods stay enforced across restarts; a

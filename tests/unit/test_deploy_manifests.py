@@ -176,12 +176,10 @@ def _differences(a: object, b: object, path: str = "") -> Iterator[str]:
     elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
             yield from _differences(x, y, f"{path}[{i}]")
-    elif (
-        a != b
-        or type(a) is not type(b)
-        and not (isinstance(a, int | float) and isinstance(b, int | float))
-    ):
+    elif a != b:
         yield f"{path}: {a!r} became {b!r}"
+    elif type(a) is not type(b) and not {type(a), type(b)} <= {int, float}:
+        yield f"{path}: {a!r} became {b!r} ({type(b).__name__})"  # e.g. true -> 1
 
 
 def test_every_yaml_file_is_a_known_kind() -> None:
