@@ -66,6 +66,8 @@ class AttachContext:
     on_attach: list[PolicyHook] = field(default_factory=list)
     on_detach: list[PolicyHook] = field(default_factory=list)
     ready: Callable[[], bool] = lambda: True
+    # (pod namespace, pod name, pod uid, message) for failed ADDs: Events.
+    on_error: list[Callable[[str, str, str, str], None]] = field(default_factory=list)
 
 
 class KeyedLocks:
@@ -128,6 +130,22 @@ class AttachService:
     # -- ADD -----------------------------------------------------------------
 
     def add(self, req: CniRequest) -> Result:
+        try:
+            return self._add(req)
+        except Exception as e:
+            for hook in self.ctx.on_error:
+                try:
+                    hook(
+                        req.args.pod_namespace or "",
+                        req.args.pod_name or "",
+                        req.args.pod_uid or "",
+                        f"attaching {req.ifname} on network {req.network_name} failed: {e}",
+                    )
+                except Exception:
+                    log.exception("attach error hook failed")
+            raise
+
+    def _add(self, req: CniRequest) -> Result:
         if req.device_id is None:
             if req.prev_result is not None:
                 return self._add_chained(req)

@@ -410,6 +410,23 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
+class KubernetesConfig:
+    watch: bool = setting(
+        boolean,
+        False,
+        "Watch the Kubernetes API for Pods, Namespaces, NADs and MultiNetworkPolicies.",
+    )
+    kubeconfig: Path | None = setting(
+        optional(path),
+        None,
+        "kubeconfig to use; unset: the in-cluster service account, else $KUBECONFIG.",
+    )
+    events: bool = setting(
+        boolean, True, "Post Events for invalid policies and failed attachments (needs watch)."
+    )
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     state_dir: Path = setting(path, Path("/var/lib/nicwarden"), "Where the state database lives.")
     socket: Path = setting(
@@ -436,6 +453,9 @@ class AgentConfig:
     )
     manifests_dir: Path | None = setting(
         optional(path), None, "Read Kubernetes objects from this directory instead of the API."
+    )
+    kubernetes: KubernetesConfig = setting(
+        section(KubernetesConfig), KubernetesConfig(), "Kubernetes API access."
     )
     reconcile_interval: float = setting(
         duration, 30.0, "Seconds between full reconciles against the kernel."
@@ -464,6 +484,15 @@ class AgentConfig:
     def check(self) -> None:
         if self.socket == self.cni_socket:
             raise Invalid(problems=[Problem(("cniSocket",), "must differ from socket")])
+        if self.kubernetes.watch and self.manifests_dir is not None:
+            raise Invalid(
+                problems=[
+                    Problem(
+                        ("manifestsDir",),
+                        "set either manifestsDir (standalone) or kubernetes.watch, not both",
+                    )
+                ]
+            )
 
     def to_dict(self) -> dict[str, object]:
         """The effective config, YAML-shaped, for logging at start."""

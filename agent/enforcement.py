@@ -122,11 +122,14 @@ class PolicyEnforcer:
         source: ObjectSource | None,
         options: CompileOptions | None = None,
         datapath_error: str = "",
+        on_invalid: Callable[[Mapping[str, Any], str], None] | None = None,
     ) -> None:
         self.store = store
         self.datapath = datapath
         self.datapath_error = datapath_error
         self.source = source
+        self.on_invalid = on_invalid
+        self._reported: dict[str, tuple[str, ...]] = {}
         self.engine = PolicyEngine(options)
         self._lock = threading.RLock()
         self._locals: dict[InterfaceKey, _Local] = {}
@@ -196,6 +199,8 @@ class PolicyEnforcer:
             self._sync(changed)
             if kind == "NetworkAttachmentDefinition" and self._track_nad(event):
                 self._rekey()
+            if kind == "MultiNetworkPolicy":
+                self._report(event)
 
     def on_attach(self, att: Attachment) -> None:
         with self._lock:
@@ -219,6 +224,23 @@ class PolicyEnforcer:
             self._retarget()
 
     # -- internals ---------------------------------------------------------------
+
+    def _report(self, event: Event) -> None:
+        """An Event per policy that fails validation (once per distinct error)."""
+        if self.on_invalid is None or event.action == Action.DELETE:
+            return
+        meta = event.obj.get("metadata", {})
+        key = f"{meta.get('namespace', 'default')}/{meta.get('name', '')}"
+        status = next(
+            (s for s in self.engine.status() if s.kind == "MultiNetworkPolicy" and s.key == key),
+            None,
+        )
+        errors = tuple(status.errors) if status is not None and not status.ok else ()
+        if errors and self._reported.get(key) != errors:
+            self.on_invalid(
+                event.obj, "; ".join(errors) + " (fails closed for the pods it selects)"
+            )
+        self._reported[key] = errors
 
     def _track_nad(self, event: Event) -> bool:
         """Remember NAD names; True when the set changed (targets may rekey)."""
@@ -417,9 +439,9 @@ class PolicyEnforcer:
                 rows.append(
                     {
                         "kind": "Source",
-                        "key": str(getattr(p, "file", "")),
+                        "key": str(getattr(p, "file", "") or getattr(p, "object", "")),
                         "ok": False,
-                        "errors": [str(getattr(p, "message", p))],
+                        "errors": [str(p)],
                         "warnings": [],
                     }
                 )

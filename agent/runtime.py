@@ -11,7 +11,7 @@ import os
 import socket as pysocket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,7 @@ class AgentRuntime:
         self.enforcer: PolicyEnforcer | None = None
         self.datapath: Any = None
         self.devices: DeviceCtx | None = None
+        self.events: Any = None
         self._reconciler: threading.Thread | None = None
         self._stopping = threading.Event()
         self._stops: list[Callable[[], None]] = []
@@ -219,22 +220,44 @@ class AgentRuntime:
                 log.error("policy datapath unavailable", extra={"error": error})
         else:
             error = "disabled by config (policy.enabled: false)"
-        source = None
+        source: Any = None
         if self.config.manifests_dir is not None:
             from nicwarden.agent.k8s.directory import DirectorySource
 
-            source = DirectorySource(self.config.manifests_dir)
+            # Polling is a few stat() calls: poll often, small edits apply fast.
+            source = DirectorySource(self.config.manifests_dir, poll_interval=0.05)
+        elif self.config.kubernetes.watch:
+            from nicwarden.agent.k8s import ApiSource, EventRecorder, load_client
+
+            api = load_client(self.config.kubernetes.kubeconfig)
+            source = ApiSource(api, self.node_name)
+            if self.config.kubernetes.events:
+                self.events = EventRecorder(api, self.node_name)
+                self._stops.append(self.events.close)
+                self.attach.ctx.on_error.append(self._attach_failed)
         self.enforcer = PolicyEnforcer(
             self.store,
             self.datapath,
             source,
             CompileOptions(allow_icmp=cfg.allow_icmp),
             datapath_error=error,
+            on_invalid=self._policy_invalid if self.events is not None else None,
         )
         self.attach.ctx.on_attach.append(self.enforcer.on_attach)
         self.attach.ctx.on_detach.append(self.enforcer.on_detach)
         self.enforcer.start()
         self._stops.append(self.enforcer.stop)
+
+    def _attach_failed(self, namespace: str, pod: str, uid: str, message: str) -> None:
+        from nicwarden.agent.k8s import ObjectRef
+
+        if self.events is not None and pod:
+            ref = ObjectRef("Pod", pod, namespace, "v1", uid)
+            self.events.warning(ref, "NicwardenAttachFailed", message)
+
+    def _policy_invalid(self, obj: Mapping[str, Any], message: str) -> None:
+        if self.events is not None:
+            self.events.warning(obj, "NicwardenPolicyInvalid", message)
 
     def _open_datapath(self, dp: Any) -> None:
         """Adopt pinned enforcement (no gap); swap in a new program only when

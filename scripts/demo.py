@@ -105,11 +105,17 @@ def serve(ns: str, port: int) -> socket.socket:
 
 
 def pod_manifest(name: str, ns: str, labels: dict[str, str]) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": ns, "labels": labels, "uid": f"uid-{name}"},
-            "spec": {"nodeName": socket.gethostname(),
-                     "containers": [{"name": "app", "image": "demo",
-                                     "ports": [{"name": "http", "containerPort": 8080}]}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": labels, "uid": f"uid-{name}"},
+        "spec": {
+            "nodeName": socket.gethostname(),
+            "containers": [
+                {"name": "app", "image": "demo", "ports": [{"name": "http", "containerPort": 8080}]}
+            ],
+        },
+    }
 
 
 def connect(ns: str, ip: str, port: int, timeout: float = 1.0) -> bool:
@@ -136,15 +142,24 @@ def probe(label: str, ok: bool, expect: bool) -> None:
 
 def cni(command: str, pod: str, ns_name: str, netns: str, vf: str) -> dict[str, Any] | None:
     conf = {
-        "cniVersion": "1.0.0", "name": "sriov-net", "type": "nicwarden",
-        "agentSocket": CNI_SOCK, "deviceID": vf, "pciBusID": vf, "vlan": 0, "spoofchk": "on",
+        "cniVersion": "1.0.0",
+        "name": "sriov-net",
+        "type": "nicwarden",
+        "agentSocket": CNI_SOCK,
+        "deviceID": vf,
+        "pciBusID": vf,
+        "vlan": 0,
+        "spoofchk": "on",
         "ipam": {"type": "host-local", "subnet": "10.56.0.0/24", "dataDir": f"{WORK}/ipam"},
     }
     env = {
-        "CNI_COMMAND": command, "CNI_CONTAINERID": f"sandbox-{pod}",
-        "CNI_NETNS": f"/var/run/netns/{netns}", "CNI_IFNAME": "net1", "CNI_PATH": CNI_PATH,
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": f"sandbox-{pod}",
+        "CNI_NETNS": f"/var/run/netns/{netns}",
+        "CNI_IFNAME": "net1",
+        "CNI_PATH": CNI_PATH,
         "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={ns_name};K8S_POD_NAME={pod};"
-                    f"K8S_POD_INFRA_CONTAINER_ID=sandbox-{pod};K8S_POD_UID=uid-{pod}",
+        f"K8S_POD_INFRA_CONTAINER_ID=sandbox-{pod};K8S_POD_UID=uid-{pod}",
         "PATH": "/usr/bin:/bin",
     }
     out = subprocess.run([SHIM], input=json.dumps(conf), env=env, capture_output=True, text=True)
@@ -188,9 +203,11 @@ def main() -> int:
         "logFormat": "text",
     }
     Path(WORK, "config.yaml").write_text(yaml.safe_dump(config))
-    pods = [("db", "prod", {"app": "db"}, "0000:18:01.0"),
-            ("web", "prod", {"app": "web"}, "0000:18:01.1"),
-            ("intruder", "prod", {"app": "other"}, "0000:18:01.2")]
+    pods = [
+        ("db", "prod", {"app": "db"}, "0000:18:01.0"),
+        ("web", "prod", {"app": "web"}, "0000:18:01.1"),
+        ("intruder", "prod", {"app": "other"}, "0000:18:01.2"),
+    ]
     netns = {p[0]: f"demo-{p[0]}" for p in pods}
     agent = None
     servers: list[socket.socket] = []
@@ -198,12 +215,33 @@ def main() -> int:
         say("starting nicwarden-agent on a simulated node (2 PFs x 4 VFs, real veth VFs)")
         log = open(f"{WORK}/agent.log", "w")  # noqa: SIM115
         agent = subprocess.Popen(
-            [AGENT, "--simulate", "2x4", "--sim-prefix", PREFIX, "--config", f"{WORK}/config.yaml",
-             "--state-dir", f"{WORK}/state", "--socket", SOCK, "--cni-socket", CNI_SOCK,
-             "--no-metrics"], stdout=log, stderr=subprocess.STDOUT)
+            [
+                AGENT,
+                "--simulate",
+                "2x4",
+                "--sim-prefix",
+                PREFIX,
+                "--config",
+                f"{WORK}/config.yaml",
+                "--state-dir",
+                f"{WORK}/state",
+                "--socket",
+                SOCK,
+                "--cni-socket",
+                CNI_SOCK,
+                "--no-metrics",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         for _ in range(300):
-            if os.path.exists(CNI_SOCK) and subprocess.run(
-                    [CTL, "--socket", SOCK, "health"], capture_output=True).returncode == 0:
+            if (
+                os.path.exists(CNI_SOCK)
+                and subprocess.run(
+                    [CTL, "--socket", SOCK, "health"], capture_output=True
+                ).returncode
+                == 0
+            ):
                 break
             if agent.poll() is not None:
                 raise SystemExit(Path(f"{WORK}/agent.log").read_text())
@@ -213,21 +251,40 @@ def main() -> int:
         ctl("pfs")
         ctl("devices", "--pf", "demo0")
         ctl("pools")
-        print("  (no kubelet runs on this machine: the pool waits for kubelet.sock;"
-              " tests drive it with a v1beta1 test kubelet)")
+        print(
+            "  (no kubelet runs on this machine: the pool waits for kubelet.sock;"
+            " tests drive it with a v1beta1 test kubelet)"
+        )
 
         say("kubernetes objects in the watched manifests directory")
         for n, ns, labels, _ in pods:
             manifest(f"pod-{n}", [pod_manifest(n, ns, labels)])
-        manifest("base", [
-            {"apiVersion": "v1", "kind": "Namespace",
-             "metadata": {"name": "prod", "labels": {"env": "prod"}}},
-            {"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
-             "metadata": {"name": "sriov-net", "namespace": "prod", "annotations": {
-                 "k8s.v1.cni.cncf.io/resourceName": "intel.com/sriov_netdevice"}},
-             "spec": {"config": json.dumps({"cniVersion": "1.0.0", "name": "sriov-net",
-                                            "type": "nicwarden"})}},
-        ])
+        manifest(
+            "base",
+            [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Namespace",
+                    "metadata": {"name": "prod", "labels": {"env": "prod"}},
+                },
+                {
+                    "apiVersion": "k8s.cni.cncf.io/v1",
+                    "kind": "NetworkAttachmentDefinition",
+                    "metadata": {
+                        "name": "sriov-net",
+                        "namespace": "prod",
+                        "annotations": {
+                            "k8s.v1.cni.cncf.io/resourceName": "intel.com/sriov_netdevice"
+                        },
+                    },
+                    "spec": {
+                        "config": json.dumps(
+                            {"cniVersion": "1.0.0", "name": "sriov-net", "type": "nicwarden"}
+                        )
+                    },
+                },
+            ],
+        )
         print("  Namespace prod, NAD prod/sriov-net, Pods db, web, intruder")
 
         say("attaching a VF to each pod through the CNI shim, as Multus would")
@@ -237,7 +294,9 @@ def main() -> int:
             result = cni("ADD", name, ns, netns[name], vf)
             assert result is not None
             ips[name] = result["ips"][0]["address"].split("/")[0]
-            print(f"  {ns}/{name:9s} net1 = VF {vf}  {ips[name]}  mac {result['interfaces'][0]['mac']}")
+            print(
+                f"  {ns}/{name:9s} net1 = VF {vf}  {ips[name]}  mac {result['interfaces'][0]['mac']}"
+            )
         show("ip", "-n", netns["db"], "-br", "addr", "show", "net1")
         ctl("attachments")
 
@@ -248,23 +307,40 @@ def main() -> int:
         probe("intruder -> db:8080", connect(netns["intruder"], ips["db"], 8080), True)
 
         say("MultiNetworkPolicy: db accepts only app=web, only on its 'http' port")
-        policy = {"apiVersion": "k8s.cni.cncf.io/v1beta1", "kind": "MultiNetworkPolicy",
-                  "metadata": {"name": "db-ingress", "namespace": "prod",
-                               "annotations": {"k8s.v1.cni.cncf.io/policy-for": "sriov-net"}},
-                  "spec": {"podSelector": {"matchLabels": {"app": "db"}},
-                           "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}],
-                                        "ports": [{"protocol": "TCP", "port": "http"}]}]}}
+        policy = {
+            "apiVersion": "k8s.cni.cncf.io/v1beta1",
+            "kind": "MultiNetworkPolicy",
+            "metadata": {
+                "name": "db-ingress",
+                "namespace": "prod",
+                "annotations": {"k8s.v1.cni.cncf.io/policy-for": "sriov-net"},
+            },
+            "spec": {
+                "podSelector": {"matchLabels": {"app": "db"}},
+                "ingress": [
+                    {
+                        "from": [{"podSelector": {"matchLabels": {"app": "web"}}}],
+                        "ports": [{"protocol": "TCP", "port": "http"}],
+                    }
+                ],
+            },
+        }
         print(yaml.safe_dump(policy, sort_keys=False).rstrip())
         t0 = time.monotonic()
         manifest("policy", [policy])
         while connect(netns["intruder"], ips["db"], 8080, 0.1) and time.monotonic() - t0 < 5:
             time.sleep(0.02)
-        print(f"  enforced within {time.monotonic() - t0:.2f}s of writing the manifest"
-              " (directory polled every 0.2s; probe timeout 0.1s)")
+        print(
+            f"  enforced within {time.monotonic() - t0:.2f}s of writing the manifest"
+            " (directory polled every 0.2s; probe timeout 0.1s)"
+        )
         probe("web -> db:8080 (http)", connect(netns["web"], ips["db"], 8080), True)
         probe("web -> db:9090 (port not allowed)", connect(netns["web"], ips["db"], 9090), False)
-        probe("intruder -> db:8080 (label not allowed)",
-              connect(netns["intruder"], ips["db"], 8080), False)
+        probe(
+            "intruder -> db:8080 (label not allowed)",
+            connect(netns["intruder"], ips["db"], 8080),
+            False,
+        )
         show("tc", "-n", netns["db"], "filter", "show", "dev", "net1", "ingress")
         ctl("policies", "-v")
 
@@ -274,7 +350,9 @@ def main() -> int:
         while not connect(netns["intruder"], ips["db"], 8080, 0.1) and time.monotonic() - t0 < 5:
             time.sleep(0.02)
         print(f"  followed within {time.monotonic() - t0:.2f}s")
-        probe("intruder (now app=web) -> db:8080", connect(netns["intruder"], ips["db"], 8080), True)
+        probe(
+            "intruder (now app=web) -> db:8080", connect(netns["intruder"], ips["db"], 8080), True
+        )
 
         if args.keep:
             say(f"running; try: {CTL} --socket {SOCK} policies   (Ctrl-C cleans up)")
@@ -294,8 +372,10 @@ def main() -> int:
             agent.send_signal(signal.SIGTERM)
             agent.wait(timeout=30)
         left = [ln for ln in sh("ip", "-o", "link").splitlines() if f": {PREFIX}" in ln]
-        print(f"  links left behind: {len(left)}; BPF pins left: "
-              f"{len(list(Path('/sys/fs/bpf/nicwarden').glob(f'sim-{PREFIX}')))}")
+        print(
+            f"  links left behind: {len(left)}; BPF pins left: "
+            f"{len(list(Path('/sys/fs/bpf/nicwarden').glob(f'sim-{PREFIX}')))}"
+        )
         shutil.rmtree(WORK, ignore_errors=True)
     if FAILURES:
         print(f"{RED}unexpected results: {FAILURES}{RESET}")
