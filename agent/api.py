@@ -24,7 +24,7 @@ from nicwarden.agent.errors import (
     Unavailable,
     mapping_for,
 )
-from nicwarden.agent.health import pf_health, vf_health
+from nicwarden.agent.health import pf_problem, unhealthy_reason
 from nicwarden.agent.host.vfnetlink import VfSettings
 from nicwarden.agent.model import PF, VF, Inventory
 from nicwarden.agent.runtime import AgentRuntime
@@ -139,13 +139,17 @@ class AgentService(pb_grpc.AgentServicer):  # type: ignore[misc]
             msg.role = pb.DEVICE_ROLE_PF
             msg.total_vfs, msg.num_vfs = dev.total_vfs, dev.num_vfs
             msg.vfs.extend(vf.address for vf in dev.vfs)
-            ok, why = pf_health(dev)
+            why = pf_problem(dev) or ""
         else:
             msg.role = pb.DEVICE_ROLE_VF
             msg.pf_address, msg.pf_name, msg.vf_index = dev.pf_address, dev.pf_name or "", dev.index
             pf = next((p for p in inv.pfs if p.address == dev.pf_address), None)
-            ok, why = vf_health(dev, pf, self.runtime.paths.vfio)
-        msg.healthy, msg.health_detail = ok, why
+            why = (
+                (unhealthy_reason(dev, pf, self.runtime.paths, need_vhost_net=False) or "")
+                if pf
+                else ""
+            )
+        msg.healthy, msg.health_detail = not why, why
         return msg
 
     @rpc

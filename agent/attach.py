@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from nicwarden.agent import ipam
 from nicwarden.agent.errors import AlreadyExists, Busy, NicwardenError, NotFound
 from nicwarden.agent.faults import crash_point
+from nicwarden.agent.files import atomic_write
 from nicwarden.agent.host.discovery import read_function, read_netdev
 from nicwarden.agent.host.netlink import Netlink
 from nicwarden.agent.host.paths import HostPaths
@@ -355,11 +356,8 @@ class AttachService:
         target = Path(req.device_info_file)
         if target.exists():
             return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(json.dumps(device_info(vf.address, vf.pf_address, None), sort_keys=True))
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, target)
+        info = device_info(vf.address, vf.pf_address, None)
+        atomic_write(target, json.dumps(info, sort_keys=True), 0o444)
 
     def _add_chained(self, req: CniRequest) -> Result:
         prev = req.prev_result

@@ -31,6 +31,7 @@ from nicwarden.agent.errors import (
     Unavailable,
     Unsupported,
 )
+from nicwarden.agent.health import vfio_node
 from nicwarden.agent.host.netlink import Address, Route
 from nicwarden.agent.host.paths import HostPaths
 from nicwarden.agent.host.sysfs import SysfsWriter, link_name, read_attr
@@ -253,11 +254,8 @@ def vfio_device_nodes(paths: HostPaths, vf: VF | str) -> list[Path]:
     group = link_name(paths.pci_devices / address / "iommu_group")
     if group is None:
         raise NotFound(f"{address} has no IOMMU group")
-    node = paths.vfio / group
-    noiommu = paths.vfio / f"noiommu-{group}"
-    if not node.exists() and noiommu.exists():
-        node = noiommu
-    return [paths.vfio / "vfio", node]
+    found = vfio_node(paths, int(group)) if group.isdigit() else None
+    return [paths.vfio / "vfio", found.host_path if found else paths.vfio / group]
 
 
 # -- the driver move ---------------------------------------------------------

@@ -1,36 +1,80 @@
-"""Device health, one rule for every consumer (API, device plugin, metrics)."""
+"""Device health, one rule for every consumer (device plugin, API, CLI):
+what makes a VF unusable right now.
+
+A VF is Unhealthy when
+- its PF's netdev is not operationally up (the VF has no path to the wire);
+- its own netdev exists in the host netns and is down;
+- it is bound to vfio-pci and its group node is missing under the dev root
+  (``/dev/vfio/<group>``, or ``noiommu-<group>`` when vfio runs without an
+  IOMMU), since the container could not open it;
+- its pool needs vhost-net and ``/dev/vhost-net`` or ``/dev/net/tun`` is missing.
+
+Link checks use operstate: "unknown" counts as up because many drivers (and
+veths before carrier negotiation) never report anything else.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from nicwarden.agent.model import PF, VF
+from nicwarden.agent.host.paths import HostPaths
+from nicwarden.agent.model import PF, VF, NetdevState
 
-_LINK_OK = ("up", "unknown")
-
-
-def pf_health(pf: PF) -> tuple[bool, str]:
-    if pf.fn.netdev is None:
-        return False, "PF has no netdev in the host netns"
-    if pf.fn.netdev.operstate not in _LINK_OK:
-        return False, f"PF {pf.fn.netdev.name} link is {pf.fn.netdev.operstate}"
-    return True, ""
+HEALTHY = "Healthy"
+UNHEALTHY = "Unhealthy"
+_UP_STATES = frozenset({"up", "unknown"})
 
 
-def vf_health(vf: VF, pf: PF | None, vfio_root: Path) -> tuple[bool, str]:
-    """Unhealthy when its PF link is down, its own netdev (if in the host
-    netns) is down, or, bound to vfio-pci, its /dev/vfio group node is gone."""
-    if pf is not None:
-        ok, why = pf_health(pf)
-        if not ok:
-            return False, why
-    nd = vf.fn.netdev
-    if nd is not None and nd.operstate not in _LINK_OK:
-        return False, f"VF {nd.name} link is {nd.operstate}"
+@dataclass(frozen=True)
+class VfioNode:
+    """A vfio group's device node: where it is on the host, where the container sees it."""
+
+    group: int
+    host_path: Path
+    container_path: str
+
+
+def link_is_up(netdev: NetdevState) -> bool:
+    return netdev.operstate in _UP_STATES
+
+
+def vfio_node(paths: HostPaths, group: int) -> VfioNode | None:
+    """The group's node under the dev root, or None when absent.
+
+    In no-IOMMU mode the kernel names the node ``noiommu-<group>``; the
+    container still gets it at ``/dev/vfio/<group>`` (sriov-network-device-plugin
+    does the same, and DPDK probes both names).
+    """
+    container_path = f"/dev/vfio/{group}"
+    for name in (str(group), f"noiommu-{group}"):
+        host_path = paths.vfio / name
+        if host_path.exists():
+            return VfioNode(group, host_path, container_path)
+    return None
+
+
+def unhealthy_reason(vf: VF, pf: PF, paths: HostPaths, need_vhost_net: bool) -> str | None:
+    """Why ``vf`` cannot be handed out now, or None when it is healthy."""
+    problem = pf_problem(pf)
+    if problem is not None:
+        return problem
+    if vf.fn.netdev is not None and not link_is_up(vf.fn.netdev):
+        return f"VF netdev {vf.fn.netdev.name} is {vf.fn.netdev.operstate}"
     if vf.fn.is_vfio:
-        group = vf.fn.iommu_group
-        if group is None:
-            return False, "bound to vfio-pci without an IOMMU group"
-        if not (vfio_root / str(group)).exists() and not (vfio_root / f"noiommu-{group}").exists():
-            return False, f"/dev/vfio/{group} is missing"
-    return True, ""
+        if vf.fn.iommu_group is None:
+            return "bound to vfio-pci but has no IOMMU group"
+        if vfio_node(paths, vf.fn.iommu_group) is None:
+            return f"{paths.vfio / str(vf.fn.iommu_group)} is missing"
+    if need_vhost_net:
+        for node in (paths.dev / "vhost-net", paths.dev / "net" / "tun"):
+            if not node.exists():
+                return f"{node} is missing (pool needs vhost-net)"
+    return None
+
+
+def pf_problem(pf: PF) -> str | None:
+    """Why a PF's VFs have no path to the wire, or None."""
+    if pf.fn.netdev is not None and not link_is_up(pf.fn.netdev):
+        return f"PF {pf.fn.netdev.name} link is {pf.fn.netdev.operstate}"
+    return None

@@ -7,11 +7,10 @@ old complete file or the new complete file, never a partial one.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 
+from nicwarden.agent.files import atomic_write
 from nicwarden.cni import shim
 
 PLUGIN_NAME = "nicwarden"
@@ -23,20 +22,8 @@ def install_shim(bin_dir: Path, python: str = "/usr/bin/python3", name: str = PL
     source = Path(shim.__file__).read_text()
     body = source.split("\n", 1)[1] if source.startswith("#!") else source
     text = f"#!{python} -IS\n{body}"
-    bin_dir.mkdir(parents=True, exist_ok=True)
     target = bin_dir / name
-    fd, tmp = tempfile.mkstemp(dir=bin_dir, prefix=f".{name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fchmod(f.fileno(), 0o755)
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write(target, text, 0o755, fsync=True)
     return target
 
 

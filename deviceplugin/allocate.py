@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nicwarden.agent.errors import Busy, InvalidArgument
+from nicwarden.agent.health import VfioNode, unhealthy_reason, vfio_node
 from nicwarden.agent.host.paths import HostPaths
 from nicwarden.deviceplugin.devinfo import device_info, write_device_info
-from nicwarden.deviceplugin.health import VfioNode, unhealthy_reason, vfio_node
 from nicwarden.deviceplugin.naming import (
     TUN,
     VFIO_CONTAINER_MOUNT,

@@ -11,9 +11,9 @@ import contextlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
+from nicwarden.agent.files import atomic_write
 from nicwarden.deviceplugin.naming import device_info_file_name
 
 SPEC_VERSION = "1.1.0"
@@ -41,19 +41,9 @@ def write_device_info(
     device_info_dir: Path, resource: str, address: str, info: dict[str, object]
 ) -> Path:
     directory = dp_dir(device_info_dir)
-    directory.mkdir(parents=True, exist_ok=True)  # the spec makes creating it our job
     target = directory / device_info_file_name(resource, address)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(info, f, sort_keys=True)
-            f.flush()
-            os.fchmod(f.fileno(), FILE_MODE)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    # The spec makes creating the directory our job; atomic_write does.
+    atomic_write(target, json.dumps(info, sort_keys=True), FILE_MODE)
     return target
 
 

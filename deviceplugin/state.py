@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
+from nicwarden.agent.health import HEALTHY, UNHEALTHY, unhealthy_reason
 from nicwarden.agent.host.paths import HostPaths
 from nicwarden.agent.model import Inventory
 from nicwarden.deviceplugin.config import PoolConfig
-from nicwarden.deviceplugin.health import HEALTHY, UNHEALTHY, unhealthy_reason
 from nicwarden.deviceplugin.pools import PoolDevice, build_pools
 
 # What kubelet sees of one device: (ID, health, NUMA node or None).

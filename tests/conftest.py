@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from nicwarden.agent.sim import SimulatedNode, parse_spec
+
 IS_ROOT = os.geteuid() == 0
 
 
@@ -30,6 +32,30 @@ def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def unique(prefix: str) -> str:
     """A short unique name (interface names are limited to 15 characters)."""
     return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+def host_links(prefix: str) -> set[str]:
+    """Names of host-netns links starting with ``prefix`` (oracle: ip)."""
+    out = run("ip", "-o", "link", "show").stdout
+    names = {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
+    return {n for n in names if n.startswith(prefix)}
+
+
+@pytest.fixture
+def make_sim() -> Iterator[Callable[[str], SimulatedNode]]:
+    """Factory of simulated nodes with unique link prefixes; each is torn
+    down at the end and must leave no link behind."""
+    made: list[SimulatedNode] = []
+
+    def make(spec: str) -> SimulatedNode:
+        node = SimulatedNode(parse_spec(spec), prefix="t" + uuid.uuid4().hex[:4]).start()
+        made.append(node)
+        return node
+
+    yield make
+    for node in made:
+        node.stop()
+        assert host_links(node.prefix) == set(), "tear-down left links behind"
 
 
 @pytest.fixture

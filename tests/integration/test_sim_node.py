@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -15,27 +14,15 @@ import pytest
 from nicwarden.agent.errors import Busy, InvalidArgument, NotFound
 from nicwarden.agent.inventory import LiveInventory
 from nicwarden.agent.model import Inventory
-from nicwarden.agent.sim import SimulatedNode, parse_spec
-from tests.conftest import run
+from nicwarden.agent.sim import SimulatedNode
+from tests.conftest import host_links, run
 
 pytestmark = pytest.mark.root
 
 
-def host_links(prefix: str) -> set[str]:
-    out = run("ip", "-o", "link", "show").stdout
-    names = {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
-    return {n for n in names if n.startswith(prefix)}
-
-
 @pytest.fixture
-def sim() -> Iterator[SimulatedNode]:
-    prefix = "t" + uuid.uuid4().hex[:4]
-    node = SimulatedNode(parse_spec("2x8"), prefix=prefix).start()
-    try:
-        yield node
-    finally:
-        node.stop()
-        assert host_links(prefix) == set(), "tear-down left links behind"
+def sim(make_sim: Callable[[str], SimulatedNode]) -> SimulatedNode:
+    return make_sim("2x8")
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import json
 import shutil
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,10 +30,10 @@ from nicwarden.agent.host.netlink import Netlink
 from nicwarden.agent.host.sysfs import link_name, read_attr
 from nicwarden.agent.host.vfnetlink import NetlinkVfConfigurator, VfSettings
 from nicwarden.agent.inventory import LiveInventory
-from nicwarden.agent.sim import SimulatedNode, parse_spec
+from nicwarden.agent.sim import SimulatedNode
 from nicwarden.agent.sim.vfconfig import FRESH_VF, SimVfConfigurator
 from nicwarden.agent.store import AttachmentKey, Store
-from tests.conftest import run
+from tests.conftest import host_links, run
 
 pytestmark = pytest.mark.root
 
@@ -65,25 +64,13 @@ class Writer:
         return [v for p, v in self.log if p.endswith(suffix)]
 
 
-def host_links(prefix: str) -> set[str]:
-    out = run("ip", "-o", "link", "show").stdout
-    names = {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
-    return {n for n in names if n.startswith(prefix)}
-
-
 def link_exists(name: str) -> bool:
     return run("ip", "link", "show", name, check=False).returncode == 0
 
 
 @pytest.fixture
-def sim() -> Iterator[SimulatedNode]:
-    prefix = "t" + uuid.uuid4().hex[:4]
-    node = SimulatedNode(parse_spec("2x4"), prefix=prefix).start()
-    try:
-        yield node
-    finally:
-        node.stop()
-        assert host_links(prefix) == set(), "tear-down left links behind"
+def sim(make_sim: Callable[[str], SimulatedNode]) -> SimulatedNode:
+    return make_sim("2x4")
 
 
 @pytest.fixture

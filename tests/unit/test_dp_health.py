@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from nicwarden.agent.health import unhealthy_reason, vfio_node
 from nicwarden.agent.host.paths import HostPaths
-from nicwarden.deviceplugin.health import unhealthy_reason, vfio_node
 from tests.kubelet_fake import PfSpec, VfSpec, build_inventory, make_vfio_nodes
 
 PF = "0000:18:00.0"
