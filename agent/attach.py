@@ -31,7 +31,7 @@ from nicwarden.agent.host.paths import HostPaths
 from nicwarden.agent.model import PF, VF, Inventory
 from nicwarden.agent.store import Attachment, AttachmentKey, Store
 from nicwarden.cni.errors import CniError
-from nicwarden.cni.request import CniRequest
+from nicwarden.cni.request import CniRequest, Command
 from nicwarden.cni.result import Interface, Result, parse_result
 from nicwarden.deviceplugin.devinfo import device_info
 
@@ -72,24 +72,43 @@ class AttachContext:
 
 
 class KeyedLocks:
-    """One lock per key (VF address, attachment key), created on demand."""
+    """One lock per key (VF address, attachment key), alive while in use:
+    keys include container IDs, so a lock table that never shrank would grow
+    with every pod the node ever ran."""
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
-        self._locks: dict[str, threading.Lock] = {}
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
 
     @contextmanager
     def hold(self, *keys: str) -> Iterator[None]:
         # Sorted acquisition: two requests naming the same keys cannot deadlock.
+        ordered = sorted(set(keys))
         with self._guard:
-            locks = [self._locks.setdefault(k, threading.Lock()) for k in sorted(set(keys))]
-        for lock in locks:
-            lock.acquire()
+            locks = []
+            for k in ordered:
+                lock, users = self._locks.get(k, (threading.Lock(), 0))
+                self._locks[k] = (lock, users + 1)
+                locks.append(lock)
+        acquired: list[threading.Lock] = []
         try:
+            for lock in locks:
+                lock.acquire()
+                acquired.append(lock)
             yield
         finally:
-            for lock in reversed(locks):
+            for lock in reversed(acquired):
                 lock.release()
+            with self._guard:
+                for k in ordered:
+                    lock, users = self._locks[k]
+                    if users == 1:
+                        del self._locks[k]
+                    else:
+                        self._locks[k] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
 
 
 class Undo:
@@ -625,8 +644,6 @@ def _plain(settings: Any) -> dict[str, Any]:
 
 def _replay_request(att: Attachment) -> CniRequest:
     """A DEL request rebuilt from the store (reconcile has no runtime call)."""
-    from nicwarden.cni.request import Command
-
     env = {
         "CNI_COMMAND": "DEL",
         "CNI_CONTAINERID": att.container_id,

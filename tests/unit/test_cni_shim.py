@@ -372,8 +372,29 @@ def test_shim_start_up_stays_light(sock: Path) -> None:
     modules = {
         line.rsplit("|", 1)[-1].strip() for line in proc.stderr.decode().splitlines() if "|" in line
     }
-    assert "socket" in modules  # the trace did record the shim's imports
+    assert "_socket" in modules  # the trace did record the shim's imports
     assert not modules & {"http.client", "email.parser", "urllib.request", "ssl", "logging"}
+
+
+def test_request_path_imports_no_pure_python_json_re_or_socket(sock: Path) -> None:
+    # Twice per pod: the C cores (_json, _socket) suffice when all goes well;
+    # json and re load only for local answers and errors.
+    recorder = Recorder()
+    with CniHttpServer(sock, recorder):
+        proc = subprocess.run(
+            [HOST_PYTHON, "-I", "-S", "-X", "importtime", str(SHIM_SOURCE)],
+            input=conf().encode(),
+            env={"PATH": "/usr/bin:/bin", **cni_env("ADD"), "NICWARDEN_CNI_SOCKET": str(sock)},
+            capture_output=True,
+            timeout=30,
+        )
+    assert proc.returncode == 0, proc.stdout
+    assert recorder.calls, "the agent side never saw the request"
+    modules = {
+        line.rsplit("|", 1)[-1].strip() for line in proc.stderr.decode().splitlines() if "|" in line
+    }
+    assert "_socket" in modules
+    assert not modules & {"json", "json.decoder", "re", "socket", "typing", "selectors"}
 
 
 def test_shim_module_exposes_the_console_entry_point() -> None:
