@@ -37,6 +37,10 @@ from nicwarden.deviceplugin.manager import DevicePluginManager
 
 log = logging.getLogger(__name__)
 
+# Polling the manifests directory is a few stat() calls: poll often, so small
+# edits reach the kernel fast.
+MANIFEST_POLL_S = 0.05
+
 
 class AgentRuntime:
     def __init__(
@@ -224,8 +228,7 @@ class AgentRuntime:
         if self.config.manifests_dir is not None:
             from nicwarden.agent.k8s.directory import DirectorySource
 
-            # Polling is a few stat() calls: poll often, small edits apply fast.
-            source = DirectorySource(self.config.manifests_dir, poll_interval=0.05)
+            source = DirectorySource(self.config.manifests_dir, poll_interval=MANIFEST_POLL_S)
         elif self.config.kubernetes.watch:
             from nicwarden.agent.k8s import ApiSource, EventRecorder, load_client
 
