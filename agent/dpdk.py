@@ -74,9 +74,9 @@ class NetdevInspector(Protocol):
 
 
 class NetdevOps(NetdevInspector, Protocol):
-    """Inspection plus the one link change provisioning makes (VF MTU)."""
+    """Inspection plus the link changes provisioning makes (VF MTU, up)."""
 
-    def set_link(self, name: str, *, mtu: int | None = None) -> None: ...
+    def set_link(self, name: str, *, up: bool | None = None, mtu: int | None = None) -> None: ...
 
 
 class InventorySource(Protocol):

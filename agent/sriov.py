@@ -527,8 +527,22 @@ def set_num_vfs(
     # The kernel has made the change: record that before waiting on drivers.
     ctx.store.complete_intent(intent)
     _wait_for_vfs(ctx, found.address, want, timeout, label)
+    _bring_up(ctx, found.address)
     log.info("%s: numvfs %d -> %d", label, current, want)
     return NumVfsResult(found.address, found.name, current, want, True)
+
+
+def _bring_up(ctx: DeviceCtx, pf_address: str) -> None:
+    """New kernel VFs come up administratively down, which the device plugin
+    reports Unhealthy: a VF is provisioned to be handed out, so bring it up."""
+    pf = next((p for p in ctx.inventory.rescan().pfs if p.address == pf_address), None)
+    for vf in pf.vfs if pf else ():
+        nd = vf.fn.netdev
+        if nd is not None and nd.operstate == "down":
+            try:
+                ctx.netdevs.set_link(nd.name, up=True)
+            except NicwardenError as e:  # health will say so; provisioning went through
+                log.warning("cannot bring VF %s up: %s", nd.name, e)
 
 
 def _wait_for_vfs(ctx: DeviceCtx, address: str, n: int, timeout: float, label: str) -> None:

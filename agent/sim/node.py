@@ -59,6 +59,7 @@ class SimulatedNode:
         root: Path | None = None,
         prefix: str = "nws",
         keep: bool = False,
+        vf_admin_up: bool = True,
     ) -> None:
         """``root`` None: a temp tree removed at stop. A given ``root`` that
         already holds a node (``keep=True`` left it) is adopted, as a restarted
@@ -68,6 +69,9 @@ class SimulatedNode:
         self.spec = spec
         self.prefix = prefix
         self.keep = keep
+        # Real VF drivers create netdevs administratively down; the demo and
+        # most tests want them in service, as provisioning leaves them.
+        self.vf_admin_up = vf_admin_up
         self._own_root = root is None
         self.root = (
             Path(tempfile.mkdtemp(prefix=f"nicwarden-sim-{prefix}-")) if root is None else root
@@ -314,7 +318,8 @@ class SimulatedNode:
         self._links.append(name)
         self.net.set_link(name, alias=self.alias(st.address))
         self.net.set_link(wire, master=pf_bridge, up=True)
-        self.net.set_link(name, up=True)
+        if self.vf_admin_up:
+            self.net.set_link(name, up=True)
         link = self.net.link(name)
         st.ifindex = link.index if link else 0
         st.where = "host"

@@ -527,3 +527,16 @@ def test_netlink_configurator_against_the_kernel(sim: SimulatedNode) -> None:
         cfg.set(sim.pf_name(0), 0, VfSettings(spoofchk=False))
     with pytest.raises(NotFound):
         cfg.get("nwnosuchdev0", 0)
+
+
+def test_new_vfs_are_brought_up_like_a_real_driver_leaves_them_down(
+    sim: SimulatedNode, ctx: DeviceCtx
+) -> None:
+    # Real VF drivers create netdevs administratively down (Unhealthy to the
+    # device plugin); provisioning puts them in service.
+    sim.vf_admin_up = False
+    sriov.set_num_vfs(ctx, sim.pf_name(1), 0)
+    sriov.set_num_vfs(ctx, sim.pf_name(1), 3)
+    for j in range(3):
+        state = run("ip", "-br", "link", "show", sim.vf_name(1, j)).stdout.split()[1]
+        assert state in ("UP", "UNKNOWN"), (sim.vf_name(1, j), state)
