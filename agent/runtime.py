@@ -90,32 +90,52 @@ class AgentRuntime:
         return self
 
     def _start(self) -> None:
-        cfg = self.config
-        self.store = Store.open(cfg.state_dir)
+        self.store = Store.open(self.config.state_dir)
         self._stops.append(self.store.close)
-        if cfg.simulate is not None:
-            spec = parse_spec(
-                str(cfg.simulate) if isinstance(cfg.simulate, SimShape) else cfg.simulate
-            )
-            self.sim = SimulatedNode(
-                spec, root=self.sim_root, prefix=self.sim_prefix, keep=self.sim_keep
-            ).start()
-            self._stops.append(self.sim.stop)
-            self.paths, self.writer = self.sim.paths, self.sim
-            log.info("simulated node up", extra={"root": str(self.sim.root), "pfs": len(spec.pfs)})
-        else:
+        self._open_node()
+        self._start_inventory()
+        self._start_attach()
+        self._start_enforcement()
+        # Finish what a crash interrupted before taking new requests.
+        assert self.attach is not None
+        self.attach.reconcile()
+        self._start_devices()
+        self._start_cni()
+        self._start_deviceplugin()
+        self._reconciler = threading.Thread(
+            target=self._reconcile_loop, name="reconcile", daemon=True
+        )
+        self._reconciler.start()
+        self._stops.append(self._stopping.set)
+
+    def _open_node(self) -> None:
+        """The real node's sysfs, or a simulated node built (or adopted)."""
+        cfg = self.config
+        if cfg.simulate is None:
             check_root(self.paths)
+            return
+        spec = parse_spec(str(cfg.simulate) if isinstance(cfg.simulate, SimShape) else cfg.simulate)
+        self.sim = SimulatedNode(
+            spec, root=self.sim_root, prefix=self.sim_prefix, keep=self.sim_keep
+        ).start()
+        self._stops.append(self.sim.stop)
+        self.paths, self.writer = self.sim.paths, self.sim
+        self.vfconf = SimVfConfigurator(self.sim)
+        log.info("simulated node up", extra={"root": str(self.sim.root), "pfs": len(spec.pfs)})
+
+    def _start_inventory(self) -> None:
         self.inventory = LiveInventory(self.paths)
         self.inventory.subscribe(self.metrics.inventory)
         self.inventory.start()
         self._stops.append(self.inventory.stop)
         if self.sim is not None:
             self.sim.subscribe(self.inventory.notify)
-        self.metrics.inventory(self.inventory.snapshot())
         inv = self.inventory.snapshot()
+        self.metrics.inventory(inv)
         log.info("inventory ready", extra={"pfs": len(inv.pfs), "vfs": len(inv.vfs())})
-        if self.sim is not None:
-            self.vfconf = SimVfConfigurator(self.sim)
+
+    def _start_attach(self) -> None:
+        assert self.store is not None
         self.attach = AttachService(
             AttachContext(
                 paths=self.paths,
@@ -126,29 +146,37 @@ class AgentRuntime:
                 ready=self.inventory.ready.is_set,
             )
         )
-        self._start_enforcement()
-        # Finish what a crash interrupted before taking new requests.
-        self.attach.reconcile()
+
+    def _start_devices(self) -> None:
+        """SR-IOV/DPDK management: settle interrupted changes, then converge."""
+        assert self.store is not None
         self.devices = DeviceCtx(
             paths=self.paths,
             writer=self.writer,
             inventory=self.inventory,
             store=self.store,
             netdevs=Netlink(),
-            timeout_s=cfg.device_timeout,
-            allow_noiommu=cfg.allow_no_iommu,
+            timeout_s=self.config.device_timeout,
+            allow_noiommu=self.config.allow_no_iommu,
         )
         for done in [*dpdk.recover(self.devices), *sriov.recover(self.devices)]:
             log.info("recovered interrupted device change", extra={"change": str(done)})
         self.converge()
+
+    def _start_cni(self) -> None:
         attach = self.attach
+        assert attach is not None
         self.cni_server = CniHttpServer(
-            cfg.cni_socket,
+            self.config.cni_socket,
             lambda env, stdin: handle_invocation(env, stdin, attach),
             ready=self.inventory.ready.is_set,
         )
         self.cni_server.start()
         self._stops.append(self.cni_server.stop)
+
+    def _start_deviceplugin(self) -> None:
+        assert self.store is not None
+        cfg = self.config
         self.deviceplugin = DevicePluginManager(
             self.inventory,
             cfg.resource_list,
@@ -162,11 +190,6 @@ class AgentRuntime:
             log.error("invalid device plugin pool", extra={"problem": str(issue)})
         self.deviceplugin.start()
         self._stops.append(self.deviceplugin.stop)
-        self._reconciler = threading.Thread(
-            target=self._reconcile_loop, name="reconcile", daemon=True
-        )
-        self._reconciler.start()
-        self._stops.append(self._stopping.set)
 
     def converge(self, dry_run: bool = False) -> sriov.ConvergeReport:
         """Bring PFs to the ``sriov:`` desired state (at start and on SIGHUP).
@@ -187,13 +210,12 @@ class AgentRuntime:
 
     def reload(self, config: AgentConfig) -> list[str]:
         """SIGHUP: take the parts of a new config that can change live (SR-IOV
-        desired state, device plugin pools); the rest needs a restart."""
+        desired state, device plugin pools); the rest, resourcePrefix included,
+        needs a restart."""
         changes = []
         if config.sriov != self.config.sriov:
             changes.append("sriov")
-        if config.resource_list != self.config.resource_list or (
-            config.resource_prefix != self.config.resource_prefix
-        ):
+        if config.resource_list != self.config.resource_list:
             changes.append("resourceList")
         self.config = config
         if "resourceList" in changes and self.deviceplugin is not None:
