@@ -476,7 +476,6 @@ class AgentConfig:
     resource_prefix: str = setting(
         dns_subdomain, "nicwarden.io", "Prefix of extended resource names."
     )
-    cni: dict[str, Any] = setting(mapping, {}, "CNI endpoint settings.")
     policy: PolicyConfig = setting(
         section(PolicyConfig), PolicyConfig(), "MultiNetworkPolicy enforcement."
     )

@@ -70,7 +70,7 @@ BAD_VALUES: list[tuple[str, object, str]] = [
     ("sriov", "eth0", "list of mappings"),
     ("resourcePrefix", "Nicwarden_IO", "DNS subdomain"),
     ("resourcePrefix", "", "non-empty string"),
-    ("cni", ["x"], "expected a mapping"),
+    ("cni", {}, "unknown key"),
     ("policy", "deny", "expected a mapping"),
     ("policy.bpfInstance", "a.b", "policy.bpfInstance"),
     ("policy.allowIcmp", "sometimes", "policy.allowIcmp"),
@@ -123,7 +123,7 @@ def test_defaults() -> None:
     assert c.kubelet_dir == Path("/var/lib/kubelet/device-plugins")
     assert c.device_info_dir == Path("/var/run/k8s.cni.cncf.io/devinfo")
     assert c.reconcile_interval == 30.0
-    assert (c.resource_list, c.sriov, c.cni) == ([], [], {})
+    assert (c.resource_list, c.sriov) == ([], [])
     assert c.policy == cfg.PolicyConfig(True, False, False, "default")
     assert c.resource_prefix == "nicwarden.io"
 
@@ -146,7 +146,7 @@ reconcileInterval: 1.5m
 resourceList:
   - resourceName: intel_sriov
     selectors: {vendors: ["8086"]}
-cni: {anything: [1, 2]}
+policy: {allowIcmp: true}
 """,
     )
     c = load_config(path, {})
@@ -157,7 +157,7 @@ cni: {anything: [1, 2]}
     assert c.manifests_dir == Path("/etc/nicwarden/manifests")
     assert c.reconcile_interval == 90.0
     assert c.resource_list == [{"resourceName": "intel_sriov", "selectors": {"vendors": ["8086"]}}]
-    assert c.cni == {"anything": [1, 2]}
+    assert c.policy.allow_icmp is True
 
 
 def test_simulate_mapping_is_kept_raw(tmp_path: Path) -> None:
@@ -296,9 +296,9 @@ def test_to_dict_round_trips(tmp_path: Path) -> None:
 def test_defaults_are_not_shared_between_configs() -> None:
     first = load_config(None, {})
     first.resource_list.append({"x": 1})
-    first.cni["y"] = 2
+    first.sriov.append({"y": 2})
     assert load_config(None, {}).resource_list == []
-    assert AgentConfig().cni == {}
+    assert AgentConfig().sriov == []
 
 
 def test_every_setting_is_documented() -> None:

@@ -349,10 +349,6 @@ FEATURES = {
     "sriov-provisioning": lambda: _agent_code_matches(r"\bconverge\(", ("agent/sriov.py",)),
     # The daemon starts the Kubernetes API source.
     "api-watch": lambda: _agent_code_matches(r"\bApiSource\(", ("agent/k8s/",)),
-    # Some code reads the config's cni section (the note says none does).
-    "cni-section-unused": lambda: _agent_code_matches(
-        r"\b(?:cfg|config|self\.config|self\._config)\.cni\b", ("agent/config.py",)
-    ),
 }
 
 
