@@ -18,6 +18,7 @@ agent and pods running for exploration until Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import os
@@ -175,6 +176,28 @@ def manifest(name: str, docs: list[dict[str, Any]]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(yaml.safe_dump_all(docs))
     os.replace(tmp, path)
+
+
+def cleanup(
+    agent: subprocess.Popen[bytes] | None,
+    servers: list[socket.socket],
+    pods: list[tuple[str, str, dict[str, str], str]],
+    netns: dict[str, str],
+) -> list[str]:
+    problems = []
+    for s in servers:
+        s.close()
+    for name, ns, _, vf in pods:
+        if os.path.exists(f"/var/run/netns/{netns[name]}"):
+            try:
+                cni("DEL", name, ns, netns[name], vf)
+            except SystemExit as e:
+                problems.append(str(e))
+            sh("ip", "netns", "del", netns[name], check=False)
+    if agent is not None and agent.poll() is None:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=30)
+    return problems
 
 
 FAILURES: list[str] = []
@@ -358,25 +381,17 @@ def main() -> int:
             say(f"running; try: {CTL} --socket {SOCK} policies   (Ctrl-C cleans up)")
             signal.sigwait({signal.SIGINT, signal.SIGTERM})
     finally:
-        say("cleaning up: CNI DEL for every pod, netns removed, agent stopped")
-        for s in servers:
-            s.close()
-        for name, ns, _, vf in pods:
-            if os.path.exists(f"/var/run/netns/{netns[name]}"):
-                try:
-                    cni("DEL", name, ns, netns[name], vf)
-                except SystemExit as e:
-                    print(f"  {e}")
-                sh("ip", "netns", "del", netns[name], check=False)
-        if agent is not None and agent.poll() is None:
-            agent.send_signal(signal.SIGTERM)
-            agent.wait(timeout=30)
+        # Clean up first and talk after: a closed stdout (`| head`) or Ctrl-C
+        # must not leave pods, VFs or the agent behind.
+        problems = cleanup(agent, servers, pods, netns)
         left = [ln for ln in sh("ip", "-o", "link").splitlines() if f": {PREFIX}" in ln]
-        print(
-            f"  links left behind: {len(left)}; BPF pins left: "
-            f"{len(list(Path('/sys/fs/bpf/nicwarden').glob(f'sim-{PREFIX}')))}"
-        )
+        pins = len(list(Path("/sys/fs/bpf/nicwarden").glob(f"sim-{PREFIX}")))
         shutil.rmtree(WORK, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            say("cleaned up: CNI DEL for every pod, netns removed, agent stopped")
+            for p in problems:
+                print(f"  {p}")
+            print(f"  links left behind: {len(left)}; BPF pins left: {pins}", flush=True)
     if FAILURES:
         print(f"{RED}unexpected results: {FAILURES}{RESET}")
         return 1

@@ -20,6 +20,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -128,6 +129,7 @@ class SimulatedNode:
                 if self._state_file.exists():
                     self._adopt()
                 else:
+                    self._sweep_stale_links()
                     self._build_static_tree()
                     for i, pf in enumerate(self.spec.pfs):
                         self._make_pf(i)
@@ -139,6 +141,19 @@ class SimulatedNode:
             self.stop()
             raise
         return self
+
+    def _sweep_stale_links(self) -> None:
+        """Links named by our scheme left by a simulated node that died
+        without tearing down (a killed agent or demo) would make every create
+        fail with EEXIST; only a node with this prefix makes such names."""
+        pattern = re.compile(rf"^{re.escape(self.prefix)}\d+(sw|u|v\d+w?)?$")
+        stale = [link.name for link in self.net.links() if pattern.match(link.name)]
+        for name in stale:
+            self.net.delete_link(name)
+        if stale:
+            log.warning(
+                "sim: removed %d stale links of an earlier %r node", len(stale), self.prefix
+            )
 
     def _save(self) -> None:
         state = {

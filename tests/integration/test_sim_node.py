@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from nicwarden.agent.errors import Busy, InvalidArgument, NotFound
 from nicwarden.agent.inventory import LiveInventory
 from nicwarden.agent.model import Inventory
-from nicwarden.agent.sim import SimulatedNode
+from nicwarden.agent.sim import SimulatedNode, parse_spec
 from tests.conftest import host_links, run
 
 pytestmark = pytest.mark.root
@@ -145,3 +146,20 @@ def test_vf_returns_to_host_when_its_netns_dies(
     run("ip", "netns", "del", ns)
     wait_for(live, lambda s: s.pfs[0].vfs[5].fn.netdev is not None)
     assert name in host_links(sim.prefix)
+
+
+def test_stale_links_of_a_dead_node_are_swept() -> None:
+    """A node killed without tear-down leaves links named by our scheme;
+    the next node with that prefix removes them instead of failing EEXIST."""
+    prefix = "t" + uuid.uuid4().hex[:4]
+    run("ip", "link", "add", f"{prefix}0sw", "type", "bridge")
+    run("ip", "link", "add", f"{prefix}0v0", "type", "veth", "peer", "name", f"{prefix}0v0w")
+    run("ip", "link", "add", f"{prefix}9x", "type", "bridge")  # not our scheme: kept
+    node = SimulatedNode(parse_spec("1x2"), prefix=prefix)
+    try:
+        node.start()
+        assert {node.vf_name(0, 0), node.vf_name(0, 1), node.pf_name(0)} <= host_links(prefix)
+    finally:
+        node.stop()
+        assert host_links(prefix) == {f"{prefix}9x"}
+        run("ip", "link", "del", f"{prefix}9x")
