@@ -109,7 +109,7 @@ def test_lowered_direction_from_compiler_shape() -> None:
 
 
 def test_trampoline_encoding() -> None:
-    from nicwarden.agent.host.bpf import trampoline_insns
+    from nicwarden.agent.host.bpfsys import trampoline_insns
 
     code = trampoline_insns(5, Direction.EGRESS, 42)
     assert len(code) == 10 * 8  # nine instructions, ld_imm64 takes two slots
