@@ -10,6 +10,7 @@ Prints numbers and ratios; asserts nothing. Run as root:
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import subprocess
 import sys
@@ -159,6 +160,7 @@ def main() -> None:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         subprocess.run(["ip", "link", "del", "nwbhd0"], capture_output=True)
         stop_agent(agent)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

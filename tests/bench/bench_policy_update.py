@@ -15,6 +15,7 @@ import ipaddress
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -183,6 +184,7 @@ def main() -> None:
         dp.cleanup(force=True)
         subprocess.run(["ip", "netns", "del", NS], capture_output=True)
         store.close()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
