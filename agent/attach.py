@@ -290,12 +290,8 @@ class AttachService:
                 TRY_AGAIN,
                 f"VF {vf.address} has no netdev in the host netns (still leaving another pod?)",
             )
-        original = self._original_for(req, vf)
-        att = self._put(req, vf, "sriov", original)
-        undo = Undo()
-        undo.push("forget attachment", lambda: self.ctx.store.delete_attachment(att.key))
-        try:
-            self._apply_pf_side(req, vf, undo, original)
+
+        def plumb(undo: Undo, att: Attachment, original: Mapping[str, Any]) -> Result:
             undo.push("bring VF home", lambda: self._bring_home(vf, att, original))
             self.ctx.netlink(None).move_to_netns(nd.name, req.netns, new_name=req.ifname)
             crash_point("attach.after_move")
@@ -316,7 +312,35 @@ class AttachService:
             iface = Interface(
                 name=req.ifname, mac=link.mac, sandbox=req.netns, mtu=link.mtu, pci_id=vf.address
             )
-            result = _with_interface(ip_result, iface)
+            return _with_interface(ip_result, iface)
+
+        return self._attach_vf(req, vf, "sriov", plumb)
+
+    def _add_dpdk(self, req: CniRequest, vf: VF) -> Result:
+        def describe(undo: Undo, att: Attachment, original: Mapping[str, Any]) -> Result:
+            # A vfio VF has no kernel netdev: the addresses are the DPDK app's to use.
+            iface = Interface(name=req.ifname, sandbox=req.netns, pci_id=vf.address)
+            return _with_interface(self._ipam_add(req, undo), iface)
+
+        return self._attach_vf(req, vf, "dpdk", describe)
+
+    def _attach_vf(
+        self,
+        req: CniRequest,
+        vf: VF,
+        kind: str,
+        body: Callable[[Undo, Attachment, Mapping[str, Any]], Result],
+    ) -> Result:
+        """What every VF ADD does around its own steps (``body``): the
+        original state on record first, PF-side attributes, then device-info,
+        the commit and the allocation; on failure every step is undone."""
+        original = self._original_for(req, vf)
+        att = self._put(req, vf, kind, original)
+        undo = Undo()
+        undo.push("forget attachment", lambda: self.ctx.store.delete_attachment(att.key))
+        try:
+            self._apply_pf_side(req, vf, undo, original)
+            result = body(undo, att, original)
             self._device_info(req, vf)
             self.ctx.store.set_attachment_state(att.key, "ready", result.render("1.1.0"))
             self._claim_allocation(req, vf)
@@ -326,25 +350,6 @@ class AttachService:
                 log.error("ADD rollback incomplete", extra={"problems": "; ".join(problems)})
             raise
         self._notify(self.ctx.on_attach, att.key)
-        return result
-
-    def _add_dpdk(self, req: CniRequest, vf: VF) -> Result:
-        original = self._original_for(req, vf)
-        att = self._put(req, vf, "dpdk", original)
-        undo = Undo()
-        undo.push("forget attachment", lambda: self.ctx.store.delete_attachment(att.key))
-        try:
-            self._apply_pf_side(req, vf, undo, original)
-            ip_result = self._ipam_add(req, undo)
-            # A vfio VF has no kernel netdev: the addresses are the DPDK app's to use.
-            iface = Interface(name=req.ifname, sandbox=req.netns, pci_id=vf.address)
-            result = _with_interface(ip_result, iface)
-            self._device_info(req, vf)
-            self.ctx.store.set_attachment_state(att.key, "ready", result.render("1.1.0"))
-            self._claim_allocation(req, vf)
-        except BaseException:
-            undo.run()
-            raise
         return result
 
     def _claim_allocation(self, req: CniRequest, vf: VF) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import socket
 import stat
@@ -12,41 +13,46 @@ from pathlib import Path
 
 from nicwarden.agent.errors import AlreadyExists, HostError
 
-
-def is_live(path: Path, timeout: float = 0.5) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
+log = logging.getLogger(__name__)
 
 
 def claim(path: Path, owner: str) -> None:
-    """Prepare ``path`` for bind(): parent 0700, no live server, no stale file."""
-    try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(path.parent, 0o700)
-    except OSError as e:
-        raise HostError(f"cannot create socket directory {path.parent}: {e.strerror}") from e
+    """Prepare ``path`` for bind(): parent created 0700 when missing, no live
+    server on it, no stale file a dead process left behind."""
+    _make_parent(path.parent)
     try:
         st = path.lstat()
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(st.st_mode):
         raise AlreadyExists(f"{path} exists and is not a socket; refusing to replace it")
-    if is_live(path):
-        raise AlreadyExists(
-            f"{path} is in use by a running {owner}; refusing to start a second one"
-        )
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
     try:
-        path.unlink()
+        probe.connect(str(path))
+    except OSError as err:
+        # Only "nobody listens" means stale; anything else is not ours to judge.
+        if err.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise HostError(f"cannot probe socket {path}: {err.strerror}") from err
+        log.info("removing stale socket %s left by a dead process", path)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    finally:
+        probe.close()
+    raise AlreadyExists(f"{path} is in use by a running {owner}; refusing to start a second one")
+
+
+def _make_parent(directory: Path) -> None:
+    try:
+        directory.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        # An existing directory (say /run) is not ours to re-mode.
+        return
     except OSError as e:
-        if e.errno != errno.ENOENT:
-            raise HostError(f"cannot remove stale socket {path}: {e.strerror}") from e
+        raise HostError(f"cannot create socket directory {directory}: {e.strerror}") from e
+    # mkdir's mode is filtered through the umask; state it exactly.
+    os.chmod(directory, 0o700)
 
 
 def lock_down(path: Path) -> None:

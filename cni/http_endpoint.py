@@ -9,21 +9,19 @@ answers 200 with the bytes the shim prints and ``X-CNI-Exit-Code``. ``GET
 from __future__ import annotations
 
 import contextlib
-import errno
 import http.server
 import json
 import logging
 import os
-import socket
 import socketserver
-import stat
 import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nicwarden.agent.errors import AlreadyExists, InvalidArgument
+from nicwarden.agent.errors import InvalidArgument
+from nicwarden.agent.sockets import claim
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +203,7 @@ class CniHttpServer:
     def start(self) -> None:
         if self._server is not None:
             raise RuntimeError("CniHttpServer already started")
-        _prepare_directory(self.socket_path.parent)
-        _clear_stale_socket(self.socket_path)
+        claim(self.socket_path, "nicwarden agent (its CNI endpoint)")
         self._server = _Server(self.socket_path, self._handler, self._ready, self._max_bytes)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -234,40 +231,6 @@ class CniHttpServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _prepare_directory(directory: Path) -> None:
-    try:
-        directory.mkdir(mode=0o700, parents=True)
-    except FileExistsError:
-        # An existing directory (say /run) is not ours to re-mode.
-        return
-    # mkdir's mode is filtered through the umask; state it exactly.
-    os.chmod(directory, 0o700)
-
-
-def _clear_stale_socket(path: Path) -> None:
-    """Refuse a live server; remove what a dead one left behind."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise AlreadyExists(f"{path} exists and is not a socket; refusing to replace it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(str(path))
-    except OSError as err:
-        if err.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-            raise
-        log.info("removing stale CNI socket %s left by a dead process", path)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        return
-    finally:
-        probe.close()
-    raise AlreadyExists(f"another server is already listening on {path}; is an agent running?")
 
 
 def _remove_if_ours(path: Path, inode: tuple[int, int] | None) -> None:
