@@ -30,7 +30,7 @@ from nicwarden.agent.policy import (
     PolicedInterface,
     PolicyEngine,
 )
-from nicwarden.agent.store import Attachment, Store
+from nicwarden.agent.store import Attachment, AttachmentKey, Store
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,9 @@ class PolicyEnforcer:
         self._locals: dict[InterfaceKey, _Local] = {}
         self._pods: dict[tuple[str, str], dict[str, Any]] = {}  # as the source gave them
         self._nads: dict[tuple[str, str], str] = {}  # (ns, name) -> config name
+        # Our ready attachments by pod: every pod event consults them, so they
+        # are kept here rather than read back from the store each time.
+        self._attached: dict[tuple[str, str], dict[AttachmentKey, Attachment]] = {}
         self.last_sync = 0.0
         self.syncs = 0
         # Until the source has delivered its initial state, tables computed
@@ -150,7 +153,7 @@ class PolicyEnforcer:
         with self._lock:
             for att in self.store.list_attachments():
                 if att.state == "ready":
-                    self._add_local(att)
+                    self._remember(att)
             self._retarget()
         if self.source is None:
             self._prime()
@@ -204,7 +207,7 @@ class PolicyEnforcer:
 
     def on_attach(self, att: Attachment) -> None:
         with self._lock:
-            self._add_local(att)
+            self._remember(att)
             self._refresh_pod(att.pod_namespace, att.pod_name)
             self._retarget()
 
@@ -220,7 +223,11 @@ class PolicyEnforcer:
                         "datapath detach failed", extra={"iface": str(key), "error": str(e)}
                     )
             self.store.delete_policy_generation(str(key))
-            self._refresh_pod(att.pod_namespace, att.pod_name, without=att)
+            ident = (att.pod_namespace, att.pod_name)
+            self._attached.get(ident, {}).pop(att.key, None)
+            if not self._attached.get(ident):
+                self._attached.pop(ident, None)
+            self._refresh_pod(*ident)
             self._retarget()
 
     # -- internals ---------------------------------------------------------------
@@ -255,12 +262,13 @@ class PolicyEnforcer:
 
     def _rekey(self) -> None:
         """NADs changed: an attachment's network may now resolve elsewhere."""
-        for att in self.store.list_attachments():
-            local = self._locals.get(self._target_of(att).key) if att.pod_name else None
-            if local is not None:
-                local.target = self._target_of(att)
-        # Our pods' network-status entries are named by network too.
-        for ns, name in {(a.pod_namespace, a.pod_name) for a in self.store.list_attachments()}:
+        for (ns, name), atts in self._attached.items():
+            for att in atts.values():
+                target = self._target_of(att)
+                local = self._locals.get(target.key)
+                if local is not None:
+                    local.target = target
+            # Our pods' network-status entries are named by network too.
             self._refresh_pod(ns, name)
         self._retarget()
 
@@ -276,6 +284,10 @@ class PolicyEnforcer:
             ips=attachment_ips(att),
             pod_uid=att.pod_uid,
         )
+
+    def _remember(self, att: Attachment) -> None:
+        self._attached.setdefault((att.pod_namespace, att.pod_name), {})[att.key] = att
+        self._add_local(att)
 
     def _add_local(self, att: Attachment) -> None:
         if not att.pod_name or att.kind == "dpdk":
@@ -296,27 +308,19 @@ class PolicyEnforcer:
         self._pods[ident] = dict(event.obj)
         return Event(event.action, self._with_local_status(event.obj, ident), event.kind)
 
-    def _refresh_pod(self, ns: str, name: str, without: Attachment | None = None) -> None:
+    def _refresh_pod(self, ns: str, name: str) -> None:
         obj = self._pods.get((ns, name))
         if obj is None:
             return
         changed = self.engine.apply(
-            Event(Action.UPDATE, self._with_local_status(obj, (ns, name), without), "Pod")
+            Event(Action.UPDATE, self._with_local_status(obj, (ns, name)), "Pod")
         )
         self._sync(changed)
 
-    def _with_local_status(
-        self, obj: Mapping[str, Any], ident: tuple[str, str], without: Attachment | None = None
-    ) -> dict[str, Any]:
+    def _with_local_status(self, obj: Mapping[str, Any], ident: tuple[str, str]) -> dict[str, Any]:
         """The pod with its network-status entries for our attachments
         replaced by what we know first-hand."""
-        mine = [
-            a
-            for a in self.store.list_attachments()
-            if (a.pod_namespace, a.pod_name) == ident
-            and a.state == "ready"
-            and (without is None or a.key != without.key)
-        ]
+        mine = list(self._attached.get(ident, {}).values())
         if not mine:
             return dict(obj)
         meta = dict(obj.get("metadata", {}))
