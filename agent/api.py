@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import grpc
 
 from nicwarden.agent import __version__, dpdk, sriov
+from nicwarden.agent.attach import AttachService
 from nicwarden.agent.dpdk import DeviceCtx
 from nicwarden.agent.errors import (
     InvalidArgument,
@@ -234,16 +235,12 @@ class AgentService(pb_grpc.AgentServicer):  # type: ignore[misc]
         if env.get("CNI_COMMAND", command) != command:
             raise InvalidArgument(f"CNI_COMMAND must be {command} (or unset) for this call")
         env["CNI_COMMAND"] = command
-        if self.runtime.attach is None:
-            raise Unavailable("the attach service is not running")
-        code, out = handle_invocation(env, request.cni_config, self.runtime.attach)
+        code, out = handle_invocation(env, request.cni_config, self._attach())
         return pb.CniReply(exit_code=code, output=out.decode())
 
     @rpc
     def Reconcile(self, request: pb.ReconcileRequest, context: Any) -> pb.ReconcileResponse:
-        if self.runtime.attach is None:
-            raise Unavailable("the attach service is not running")
-        return pb.ReconcileResponse(actions=self.runtime.attach.reconcile())
+        return pb.ReconcileResponse(actions=self._attach().reconcile())
 
     @rpc
     def ListPolicies(
@@ -329,6 +326,11 @@ class AgentService(pb_grpc.AgentServicer):  # type: ignore[misc]
         if self.runtime.devices is None:
             raise Unavailable("device management is not running")
         return self.runtime.devices
+
+    def _attach(self) -> AttachService:
+        if self.runtime.attach is None:
+            raise Unavailable("the attach service is not running")
+        return self.runtime.attach
 
     def _store(self) -> Store:
         if self.runtime.store is None:
