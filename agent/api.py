@@ -1,6 +1,7 @@
 """The gRPC ``nicwarden.v1.Agent`` service: a thin translation between protobuf
 messages and the agent's objects. Errors from the agent's vocabulary become
-gRPC statuses through the one table in agent/errors.py."""
+gRPC statuses (and trailers nicwardenctl rebuilds them from) through
+agent/api_status.py."""
 
 from __future__ import annotations
 
@@ -9,40 +10,46 @@ import json
 import logging
 import os
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
-from nicwarden.agent import __version__, dpdk, sriov
+from nicwarden.agent import __version__
+from nicwarden.agent.api_status import abort_with
 from nicwarden.agent.attach import AttachService
-from nicwarden.agent.dpdk import DeviceCtx
+from nicwarden.agent.devices import binding, numvfs, vfsettings
+from nicwarden.agent.devices.context import DeviceCtx
 from nicwarden.agent.errors import (
     InvalidArgument,
     NicwardenError,
     NotFound,
     Unavailable,
-    mapping_for,
 )
 from nicwarden.agent.health import pf_problem, unhealthy_reason
 from nicwarden.agent.host.vfnetlink import VfSettings
 from nicwarden.agent.model import PF, VF, Inventory
+from nicwarden.agent.paging import capped, page
 from nicwarden.agent.runtime import AgentRuntime
 from nicwarden.agent.store import Attachment as StoredAttachment
-from nicwarden.agent.store import Store
-from nicwarden.cni.dispatch import handle_invocation
+from nicwarden.agent.store import DraClaimRecord, Store
+from nicwarden.deviceplugin.dra.devices import dra_matches
+from nicwarden.deviceplugin.dra.frontends import DRA as DRA_FRONTEND
 from nicwarden.proto.nicwarden.v1 import agent_pb2 as pb
 from nicwarden.proto.nicwarden.v1 import agent_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
-ERROR_KIND_KEY = "nicwarden-error-kind"
+
+M = TypeVar("M", bound=Message)
+S = TypeVar("S")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def rpc(fn: F) -> F:
-    """Turn agent errors into gRPC statuses; count every call."""
+    """Turn agent errors into gRPC statuses and error trailers; count every call."""
 
     @functools.wraps(fn)
     def wrapper(self: AgentService, request: Any, context: grpc.ServicerContext) -> Any:
@@ -51,13 +58,11 @@ def rpc(fn: F) -> F:
             result = fn(self, request, context)
         except NicwardenError as e:
             self.runtime.metrics.rpc(method, e.kind)
-            context.set_trailing_metadata(((ERROR_KIND_KEY, e.kind),))
-            context.abort(mapping_for(e).grpc_code, str(e))
+            abort_with(context, e)
         except Exception as e:
             log.exception("rpc %s failed", method)
             self.runtime.metrics.rpc(method, "internal")
-            context.set_trailing_metadata(((ERROR_KIND_KEY, "internal"),))
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error: {e}")
+            abort_with(context, NicwardenError(f"internal error: {type(e).__name__}: {e}"))
         self.runtime.metrics.rpc(method, "ok")
         return result
 
@@ -95,15 +100,19 @@ class AgentService(pb_grpc.AgentServicer):  # type: ignore[misc]
                 raise NotFound(f"no SR-IOV PF {request.pf!r} on this node")
             pf_filter = found.address
         out = []
+        offered = self._frontends(inv)
         for pf in inv.pfs:
             if pf_filter and pf.address != pf_filter:
                 continue
             if request.role in (pb.DEVICE_ROLE_UNSPECIFIED, pb.DEVICE_ROLE_PF):
                 out.append(self._device(pf, inv))
             if request.role in (pb.DEVICE_ROLE_UNSPECIFIED, pb.DEVICE_ROLE_VF):
-                out.extend(self._device(vf, inv) for vf in pf.vfs)
+                out.extend(self._device(vf, inv, offered) for vf in pf.vfs)
         out = [d for d in out if _matches(d, request)]
-        return pb.ListDevicesResponse(devices=out, generation=inv.generation)
+        devices, token = _page(out, request, _same)
+        return pb.ListDevicesResponse(
+            devices=devices, generation=inv.generation, next_page_token=token
+        )
 
     @rpc
     def GetDevice(self, request: pb.GetDeviceRequest, context: Any) -> pb.Device:
@@ -113,7 +122,23 @@ class AgentService(pb_grpc.AgentServicer):  # type: ignore[misc]
             raise NotFound(f"no PF or VF {request.id!r} on this node")
         return self._device(found, inv)
 
-    def _device(self, dev: PF | VF, inv: Inventory) -> pb.Device:
+    def _frontends(self, inv: Inventory) -> dict[str, str]:
+        """VF address -> the device plugin pool offering it, or "dra"."""
+        out: dict[str, str] = {}
+        dp = self.runtime.deviceplugin
+        if dp is not None:
+            for st in dp.pools():
+                out.update((d.id, st.name) for d in st.devices)
+        dra = self.runtime.config.dra
+        for pf in inv.pfs:
+            for vf in pf.vfs:
+                if dra_matches(dra, vf, pf):
+                    out[vf.address] = DRA_FRONTEND
+        return out
+
+    def _device(
+        self, dev: PF | VF, inv: Inventory, offered: dict[str, str] | None = None
+    ) -> pb.Device:
         fn = dev.fn
         msg = pb.Device(
             pci_address=fn.address,
@@ -144,12 +169,11 @@ class AgentService(pb_grpc.AgentServicer):  # type: ignore[misc]
         else:
             msg.role = pb.DEVICE_ROLE_VF
             msg.pf_address, msg.pf_name, msg.vf_index = dev.pf_address, dev.pf_name or "", dev.index
+            frontends = self._frontends(inv) if offered is None else offered
+            msg.frontend = frontends.get(dev.address, "")
             pf = next((p for p in inv.pfs if p.address == dev.pf_address), None)
-            why = (
-                (unhealthy_reason(dev, pf, self.runtime.paths, need_vhost_net=False) or "")
-                if pf
-                else ""
-            )
+            held = self.runtime.audit.why_blocked(dev.address) if self.runtime.audit else None
+            why = held or ((unhealthy_reason(dev, pf) or "") if pf else "")
         msg.healthy, msg.health_detail = not why, why
         return msg
 
@@ -185,33 +209,45 @@ class AgentService(pb_grpc.AgentServicer):  # type: ignore[misc]
                     devices=devices,
                 )
             )
-        errors = [str(e) for e in dp.config_errors()]
-        return pb.ListPoolsResponse(pools=pools, config_errors=errors)
+        first = not request.page_token
+        errors = [str(e) for e in dp.config_errors()] if first else []
+        shown, token = _page(pools, request, _same)
+        return pb.ListPoolsResponse(pools=shown, config_errors=errors, next_page_token=token)
 
     @rpc
     def ListAllocations(
         self, request: pb.ListAllocationsRequest, context: Any
     ) -> pb.ListAllocationsResponse:
         rows = self._store().allocations(request.resource or None)
-        return pb.ListAllocationsResponse(
-            allocations=[
-                pb.Allocation(
-                    resource=a.resource,
-                    device_id=a.device_id,
-                    pod_namespace=a.pod_namespace,
-                    pod_name=a.pod_name,
-                    pod_uid=a.pod_uid,
-                    allocated_at=a.allocated_at,
-                )
-                for a in rows
-            ]
+        allocations, token = _page(
+            rows,
+            request,
+            lambda a: pb.Allocation(
+                resource=a.resource,
+                device_id=a.device_id,
+                pod_namespace=a.pod_namespace,
+                pod_name=a.pod_name,
+                pod_uid=a.pod_uid,
+                allocated_at=a.allocated_at,
+            ),
         )
+        return pb.ListAllocationsResponse(allocations=allocations, next_page_token=token)
+
+    @rpc
+    def ListClaims(self, request: pb.ListClaimsRequest, context: Any) -> pb.ListClaimsResponse:
+        store = self._store()
+        claims, token = _page(store.dra_claims(), request, lambda c: _claim(store, c))
+        dra = self.runtime.config.dra
+        driver = dra.driver_name if dra.active else ""
+        return pb.ListClaimsResponse(claims=claims, next_page_token=token, driver=driver)
 
     @rpc
     def ListAttachments(
         self, request: pb.ListAttachmentsRequest, context: Any
     ) -> pb.ListAttachmentsResponse:
-        return _attachments(self._store().list_attachments())
+        resp = _attachments(self._store().list_attachments())
+        attachments, token = _page(list(resp.attachments), request, _same)
+        return pb.ListAttachmentsResponse(attachments=attachments, next_page_token=token)
 
     @rpc
     def GetAttachment(
@@ -223,24 +259,18 @@ class AgentService(pb_grpc.AgentServicer):  # type: ignore[misc]
         return _attachments(found)
 
     @rpc
-    def Attach(self, request: pb.CniInvocation, context: Any) -> pb.CniReply:
-        return self._cni(request, "ADD")
-
-    @rpc
-    def Detach(self, request: pb.CniInvocation, context: Any) -> pb.CniReply:
-        return self._cni(request, "DEL")
-
-    def _cni(self, request: pb.CniInvocation, command: str) -> pb.CniReply:
-        env = dict(request.cni_env)
-        if env.get("CNI_COMMAND", command) != command:
-            raise InvalidArgument(f"CNI_COMMAND must be {command} (or unset) for this call")
-        env["CNI_COMMAND"] = command
-        code, out = handle_invocation(env, request.cni_config, self._attach())
-        return pb.CniReply(exit_code=code, output=out.decode())
-
-    @rpc
     def Reconcile(self, request: pb.ReconcileRequest, context: Any) -> pb.ReconcileResponse:
-        return pb.ReconcileResponse(actions=self._attach().reconcile())
+        if request.adopt and request.release:
+            raise InvalidArgument("adopt or release, not both")
+        audit = self.runtime.audit
+        if audit is None:
+            raise Unavailable("the VF audit is not running")
+        if request.adopt or request.release:
+            done = [audit.adopt(request.adopt) if request.adopt else audit.release(request.release)]
+        else:
+            done = self._attach().reconcile()
+            audit.run()
+        return pb.ReconcileResponse(actions=done, unexplained=[str(u) for u in audit.unexplained()])
 
     @rpc
     def ListPolicies(
@@ -254,15 +284,20 @@ class AgentService(pb_grpc.AgentServicer):  # type: ignore[misc]
             datapath_error=enf.datapath_error,
             source_synced=enf.source is None or enf.source.synced(),
         )
-        for row in enf.interfaces():
-            resp.interfaces.append(pb.PolicedInterfaceStatus(**row))
-        for obj in enf.objects():
-            resp.objects.append(pb.PolicyObjectStatus(**obj))
+        # One sequence, interfaces then objects, paged as a whole; only the
+        # page's rows become messages.
+        rows = [(True, r) for r in enf.interfaces()] + [(False, o) for o in enf.objects()]
+        shown, resp.next_page_token = _page(rows, request, _policy_row)
+        for msg in shown:
+            if isinstance(msg, pb.PolicedInterfaceStatus):
+                resp.interfaces.append(msg)
+            else:
+                resp.objects.append(msg)
         return resp
 
     @rpc
     def SetNumVfs(self, request: pb.SetNumVfsRequest, context: Any) -> pb.SetNumVfsResponse:
-        r = sriov.set_num_vfs(self._devices(), request.pf, request.num_vfs)
+        r = numvfs.set_num_vfs(self._devices(), request.pf, request.num_vfs)
         return pb.SetNumVfsResponse(
             pf=r.pf,
             pf_name=r.pf_name or "",
@@ -273,35 +308,17 @@ class AgentService(pb_grpc.AgentServicer):  # type: ignore[misc]
 
     @rpc
     def SetVf(self, request: pb.SetVfRequest, context: Any) -> pb.SetVfResponse:
-        ctx = self._devices()
-        vf, pf = dpdk.find_vf(ctx, request.vf)
-        if pf.name is None:
-            raise Unavailable(f"PF {pf.address} has no netdev: VF attributes are set through it")
         fields = {
             f.name: getattr(request.settings, f.name)
             for f in pb.VfSettings.DESCRIPTOR.fields
             if request.settings.HasField(f.name)
         }
-        if not fields:
-            raise InvalidArgument("nothing to set: give at least one VF attribute")
-        store = self._store()
-        before = self.runtime.vfconf.get(pf.name, vf.index)
-        # The original goes on record first, so a crash mid-change can be undone.
-        intent = store.begin_intent("vf-settings", vf.address, {"before": asdict(before)})
-        try:
-            self.runtime.vfconf.set(pf.name, vf.index, VfSettings(**fields))
-        except BaseException:
-            store.roll_back_intent(intent)
-            raise
-        store.complete_intent(intent)
-        after = self.runtime.vfconf.get(pf.name, vf.index)
-        return pb.SetVfResponse(
-            vf=vf.address, before=_vf_settings(before), after=_vf_settings(after)
-        )
+        r = vfsettings.set_vf(self._devices(), request.vf, VfSettings(**fields))
+        return pb.SetVfResponse(vf=r.vf, before=_vf_settings(r.before), after=_vf_settings(r.after))
 
     @rpc
     def BindDriver(self, request: pb.BindDriverRequest, context: Any) -> pb.BindDriverResponse:
-        r = dpdk.bind(self._devices(), request.vf, request.driver, force=request.force)
+        r = binding.bind(self._devices(), request.vf, request.driver, force=request.force)
         return pb.BindDriverResponse(
             vf=r.address,
             previous=r.previous or "",
@@ -338,6 +355,45 @@ class AgentService(pb_grpc.AgentServicer):  # type: ignore[misc]
         return self.runtime.store
 
 
+def _claim(store: Store, claim: DraClaimRecord) -> pb.Claim:
+    devices = []
+    for index, d in enumerate(claim.devices):
+        address = str(d.get("address", ""))
+        att = store.attachment_for_device(address) if address else None
+        devices.append(
+            pb.ClaimDevice(
+                request=str(d.get("request", "")),
+                pool=str(d.get("pool", "")),
+                device=str(d.get("device", "")),
+                pci_address=address,
+                driver=str(d.get("driver") or ""),
+                cdi_id=_cdi_id(claim, index, str(d.get("cdiName", ""))),
+                attachment=f"{att.container_id}/{att.ifname}" if att else "",
+                pod=f"{att.pod_namespace}/{att.pod_name}" if att and att.pod_name else "",
+                attachment_state=att.state if att else "",
+            )
+        )
+    return pb.Claim(
+        uid=claim.uid,
+        namespace=claim.namespace,
+        name=claim.name,
+        state=claim.state,
+        cdi_ids=claim.cdi_ids,
+        devices=devices,
+        prepared_at=claim.prepared,
+        updated_at=claim.updated,
+    )
+
+
+def _cdi_id(claim: DraClaimRecord, index: int, name: str) -> str:
+    """The device's fully qualified CDI id (``vendor/class=name``)."""
+    if name:
+        found = [i for i in claim.cdi_ids if i.endswith(f"={name}")]
+        if found:
+            return found[0]
+    return claim.cdi_ids[index] if index < len(claim.cdi_ids) else ""
+
+
 def _vf_settings(settings: VfSettings) -> pb.VfSettings:
     return pb.VfSettings(**{k: v for k, v in asdict(settings).items() if v is not None})
 
@@ -372,3 +428,27 @@ def _matches(d: pb.Device, req: pb.ListDevicesRequest) -> bool:
     if req.device and d.device != req.device.lower().removeprefix("0x"):
         return False
     return not (req.HasField("numa_node") and d.numa_node != req.numa_node)
+
+
+class _Paged(Protocol):
+    page_size: int
+    page_token: str
+
+
+def _page(items: Sequence[S], request: _Paged, convert: Callable[[S], M]) -> tuple[list[M], str]:
+    return page(items, request.page_size, request.page_token, convert)
+
+
+def _same(msg: M) -> M:
+    return msg
+
+
+def _policy_row(
+    row: tuple[bool, dict[str, Any]],
+) -> pb.PolicedInterfaceStatus | pb.PolicyObjectStatus:
+    is_interface, fields = row
+    fields = dict(fields, errors=capped(fields["errors"]))
+    if is_interface:
+        return pb.PolicedInterfaceStatus(**fields)
+    fields["warnings"] = capped(fields["warnings"])
+    return pb.PolicyObjectStatus(**fields)

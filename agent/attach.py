@@ -19,38 +19,36 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from nicwarden.agent import ipam
 from nicwarden.agent.errors import AlreadyExists, Busy, NicwardenError, NotFound
 from nicwarden.agent.faults import crash_point
 from nicwarden.agent.files import atomic_write
-from nicwarden.agent.host.discovery import read_function, read_netdev
+from nicwarden.agent.host.discovery import host_netdev, read_function_if_present
 from nicwarden.agent.host.netlink import Netlink
+from nicwarden.agent.host.nsid import is_host_netns
 from nicwarden.agent.host.paths import HostPaths
-from nicwarden.agent.model import PF, VF, Inventory
+from nicwarden.agent.host.vf_locate import is_vf_link
+from nicwarden.agent.host.vfnetlink import VfConfigurator, VfSettings
+from nicwarden.agent.model import PF, VF, InventorySource
 from nicwarden.agent.store import Attachment, AttachmentKey, Store
-from nicwarden.cni.errors import CniError
+from nicwarden.cni.errors import (
+    INVALID_CONFIG,
+    IO_FAILURE,
+    NOT_AVAILABLE,
+    UNKNOWN_CONTAINER,
+    CniError,
+)
+from nicwarden.cni.errors import INVALID_ENVIRONMENT as INVALID_ENV
+from nicwarden.cni.errors import TRY_AGAIN_LATER as TRY_AGAIN
 from nicwarden.cni.request import CniRequest, Command
 from nicwarden.cni.result import Interface, Result, parse_result
 from nicwarden.deviceplugin.devinfo import device_info
 
 log = logging.getLogger(__name__)
 
-# CNI error codes used here (SPEC): 3 unknown container, 4 invalid env,
-# 7 invalid config, 11 try again later, 50 not available (STATUS).
-UNKNOWN_CONTAINER, INVALID_ENV, INVALID_CONFIG, TRY_AGAIN, NOT_AVAILABLE = 3, 4, 7, 11, 50
 RETURN_WAIT_S = 3.0  # how long DEL waits for a VF to come home from a dying netns
-
-
-class InventorySource(Protocol):
-    def snapshot(self) -> Inventory: ...
-    def rescan(self) -> Inventory: ...
-
-
-class VfConfigurator(Protocol):
-    def get(self, pf_ifname: str, vf: int) -> Any: ...
-    def set(self, pf_ifname: str, vf: int, settings: Any) -> None: ...
 
 
 PolicyHook = Callable[[Attachment], None]
@@ -62,13 +60,16 @@ class AttachContext:
     inventory: InventorySource
     store: Store
     vfconf: VfConfigurator
-    settings_type: Callable[..., Any]  # VfSettings constructor (host boundary type)
+    settings_type: type[VfSettings] = VfSettings
     netlink: Callable[[str | None], Netlink] = Netlink
     on_attach: list[PolicyHook] = field(default_factory=list)
     on_detach: list[PolicyHook] = field(default_factory=list)
     ready: Callable[[], bool] = lambda: True
     # (pod namespace, pod name, pod uid, message) for failed ADDs: Events.
     on_error: list[Callable[[str, str, str, str], None]] = field(default_factory=list)
+    # Why a VF must not be handed out though no attachment holds it (it is
+    # out of place with nothing on record to explain it), or None.
+    blocked: Callable[[str], str | None] = lambda _address: None
 
 
 class KeyedLocks:
@@ -140,6 +141,10 @@ def netns_alive(path: str) -> bool:
     return bool(path) and os.path.exists(path)
 
 
+# How long an ADD rollback waits for a VF it brought home to show in sysfs.
+FORGET_WAIT_S = 2.0
+
+
 class AttachService:
     """Implements nicwarden.cni.dispatch.CniBackend."""
 
@@ -175,8 +180,8 @@ class AttachService:
                 " k8s.v1.cni.cncf.io/resourceName) or runtimeConfig.deviceID, or chain this"
                 " plugin after another one for policy-only mode",
             )
-        if not netns_alive(req.netns):
-            raise CniError(INVALID_ENV, f"CNI_NETNS {req.netns!r} does not exist")
+        _refuse_netns(req.netns)
+        ipam.require_plugin(req)
         key = key_of(req)
         with self.locks.hold(f"vf:{req.device_id}", f"att:{key}"):
             vf = self._find_vf(req.device_id)
@@ -206,6 +211,9 @@ class AttachService:
             )
         holder = self.ctx.store.attachment_for_device(vf.address)
         if holder is None:
+            why = self.ctx.blocked(vf.address)
+            if why is not None:
+                raise Busy(f"VF {vf.address} is not offered to pods: {why}")
             return
         if netns_alive(holder.netns):
             raise Busy(
@@ -228,6 +236,10 @@ class AttachService:
             "name": nd.name if nd else None,
             "mac": nd.mac if nd else None,
             "mtu": nd.mtu if nd else None,
+            # A move keeps the ifindex when it is free in the target netns (a
+            # new pod netns holds only lo): how rollback and DEL find the VF
+            # there whatever name it ended up with.
+            "ifindex": nd.ifindex if nd else None,
             "vf": _plain(settings),
         }
 
@@ -258,26 +270,23 @@ class AttachService:
         undo.push("restore PF-side VF attributes", lambda: self._restore_vf(pf, vf.index, original))
         self.ctx.vfconf.set(pf, vf.index, wanted)
 
-    def _wanted_settings(self, req: CniRequest) -> Any:
+    def _wanted_settings(self, req: CniRequest) -> VfSettings | None:
         o = req.options
         if o is None:
             return None
-        fields = {
-            "mac": o.mac,
-            "vlan": o.vlan,
-            "qos": o.vlan_qos,
-            "vlan_proto": o.vlan_proto,
-            "spoofchk": o.spoofchk,
-            "trust": o.trust,
-            "link_state": o.link_state,
-            "min_tx_rate": o.min_tx_rate,
-            "max_tx_rate": o.max_tx_rate,
-        }
-        if o.vlan_qos is not None and o.vlan is None:
-            fields["vlan"] = 0
-        if all(v is None for v in fields.values()):
-            return None
-        return self.ctx.settings_type(**fields)
+        wanted = self.ctx.settings_type(
+            mac=o.mac,
+            # qos rides in the VLAN attribute: qos without a VLAN means VLAN 0.
+            vlan=0 if o.vlan_qos is not None and o.vlan is None else o.vlan,
+            qos=o.vlan_qos,
+            vlan_proto=o.vlan_proto,
+            spoofchk=o.spoofchk,
+            trust=o.trust,
+            link_state=o.link_state,
+            min_tx_rate=o.min_tx_rate,
+            max_tx_rate=o.max_tx_rate,
+        )
+        return wanted if wanted.given() else None
 
     def _restore_vf(self, pf: str, index: int, original: Mapping[str, Any]) -> None:
         saved = original.get("vf") or {}
@@ -337,7 +346,7 @@ class AttachService:
         original = self._original_for(req, vf)
         att = self._put(req, vf, kind, original)
         undo = Undo()
-        undo.push("forget attachment", lambda: self.ctx.store.delete_attachment(att.key))
+        undo.push("forget attachment", lambda: self._forget(att, vf))
         try:
             self._apply_pf_side(req, vf, undo, original)
             result = body(undo, att, original)
@@ -351,6 +360,20 @@ class AttachService:
             raise
         self._notify(self.ctx.on_attach, att.key)
         return result
+
+    def _forget(self, att: Attachment, vf: VF) -> None:
+        """Delete the row only once the VF is home: while it is elsewhere the
+        row is the only record of where it went and what to restore, and it
+        keeps the VF from being handed out again (reconcile retries it)."""
+        # The VF was just brought home; on the simulated node its sysfs
+        # link follows the kernel a moment later, so wait briefly.
+        if att.kind == "sriov" and self._wait_home(vf.address, FORGET_WAIT_S) is None:
+            raise CniError(
+                TRY_AGAIN,
+                f"VF {vf.address} is not back in the host netns; its attachment is kept"
+                " for reconcile to finish the rollback",
+            )
+        self.ctx.store.delete_attachment(att.key)
 
     def _claim_allocation(self, req: CniRequest, vf: VF) -> None:
         """Kubelet's Allocate names no pod; the ADD that gets the device does.
@@ -373,19 +396,26 @@ class AttachService:
         return ipam.for_interface(ipam.add(req))
 
     def _device_info(self, req: CniRequest, vf: VF) -> None:
-        """device-info spec §5: Multus may have copied the DP's file here
-        already; write ours (0444, atomically) only when it has not."""
+        """Multus may have copied the DP's file here already
+        (docs/contracts.md#device-info-files); write ours (0444, atomically)
+        only when it has not."""
         if not req.device_info_file:
             return
         target = Path(req.device_info_file)
         if target.exists():
             return
         info = device_info(vf.address, vf.pf_address, None)
-        atomic_write(target, json.dumps(info, sort_keys=True), 0o444)
+        try:
+            atomic_write(target, json.dumps(info, sort_keys=True), 0o444)
+        except OSError as e:
+            raise CniError(
+                IO_FAILURE, f"cannot write the device-info file {target}: {e.strerror or e}"
+            ) from e
 
     def _add_chained(self, req: CniRequest) -> Result:
         prev = req.prev_result
         assert prev is not None
+        _refuse_netns(req.netns)
         if not any(i.name == req.ifname and i.sandbox for i in prev.interfaces):
             raise CniError(
                 INVALID_CONFIG,
@@ -413,7 +443,8 @@ class AttachService:
         key = key_of(req)
         att = self.ctx.store.get_attachment(key.container_id, key.ifname, key.network)
         if att is None:
-            # C25: a DEL with no matching ADD (or a repeat): release IPAM anyway.
+            # A DEL with no matching ADD (or a repeat): release IPAM anyway
+            # (docs/contracts.md#cni-commands).
             if _owns_ipam(req):
                 ipam.delete(req)
             return
@@ -454,18 +485,22 @@ class AttachService:
             known = self.ctx.inventory.rescan().find(address)
         if not isinstance(known, VF):
             return known
-        if not (self.ctx.paths.pci_devices / known.address).exists():
+        fn = read_function_if_present(self.ctx.paths, known.address)
+        if fn is None:
             return self.ctx.inventory.rescan().find(address)
-        return replace(known, fn=read_function(self.ctx.paths, known.address))
+        return replace(known, fn=fn)
 
     def _bring_home(self, vf: VF, att: Attachment, original: Mapping[str, Any]) -> None:
-        """Return the VF netdev to the host netns with its original name, MAC, MTU."""
+        """Return the VF netdev to the host netns with its original name, MAC,
+        MTU, and without the addresses and routes the attachment gave it."""
         name, mac, mtu = original.get("name"), original.get("mac"), original.get("mtu")
         current = self._host_netdev(vf.address)
         if current is None and netns_alive(att.netns):
             with self.ctx.netlink(att.netns) as pod:
-                if pod.link(att.ifname) is not None:
-                    pod.move_to_netns(att.ifname, None, new_name=name or None)
+                found = _locate(pod, vf, att, original)
+                if found is not None:
+                    # Leaving a netns drops the addresses and routes it had there.
+                    pod.move_to_netns(found, None, new_name=name or None)
                     current = name or None
             if current is None:
                 current = self._wait_home(vf.address, 1.0)
@@ -479,6 +514,9 @@ class AttachService:
                 " host netns yet; retry DEL",
             )
         with self.ctx.netlink(None) as host:
+            # An attachment made before host netns were refused put the pod's
+            # addresses and routes on the host itself.
+            self._strip(host, current, att)
             host.set_link(
                 current,
                 new_name=name if name and current != name else None,
@@ -487,8 +525,22 @@ class AttachService:
                 up=True,
             )
 
+    def _strip(self, nl: Netlink, ifname: str, att: Attachment) -> None:
+        """Remove the attachment's routes and addresses from ``ifname`` (there
+        only when the attachment was made in the host netns itself)."""
+        result = att.result or {}
+        ours = {str(ip.get("address")) for ip in result.get("ips") or [] if isinstance(ip, dict)}
+        present = {a.cidr for a in nl.addresses(ifname)} & ours
+        if not present:
+            return
+        for route in result.get("routes") or []:
+            if isinstance(route, dict) and route.get("dst"):
+                nl.delete_route(str(route["dst"]), None, ifname)
+        for cidr in sorted(present):
+            nl.delete_address(ifname, cidr)
+
     def _host_netdev(self, address: str) -> str | None:
-        nd = read_netdev(self.ctx.paths.pci_devices / address)
+        nd = host_netdev(self.ctx.paths, address)
         return nd.name if nd is not None else None
 
     def _wait_home(self, address: str, timeout: float) -> str | None:
@@ -623,6 +675,33 @@ class AttachService:
                 hook(att)
             except Exception:
                 log.exception("attachment hook failed")
+
+
+def _refuse_netns(netns: str) -> None:
+    if not netns_alive(netns):
+        raise CniError(INVALID_ENV, f"CNI_NETNS {netns!r} does not exist")
+    if is_host_netns(netns):
+        raise CniError(
+            INVALID_ENV,
+            f"CNI_NETNS {netns!r} is the host's network namespace (the agent's own):"
+            " a pod interface cannot be attached there",
+        )
+
+
+def _locate(pod: Netlink, vf: VF, att: Attachment, original: Mapping[str, Any]) -> str | None:
+    """The VF's netdev name in ``pod``, found by its identity, never by its
+    name (a link the pod made under the attachment's name must not be taken
+    home): its parent device (or the simulator's alias) naming the PCI
+    address, else the ifindex it had when we moved it."""
+    links = [link for link in pod.links() if link.link_type != "loopback"]
+    for link in links:
+        if is_vf_link(link, vf.address):
+            return link.name
+    ifindex = original.get("ifindex")
+    for link in links:
+        if ifindex and link.index == ifindex:
+            return link.name
+    return None
 
 
 def _owns_ipam(req: CniRequest) -> bool:

@@ -1,9 +1,10 @@
 """The agent's YAML config, validated at start with precise errors.
 
-The schema is declarative: each config class is a frozen dataclass whose
-fields are declared with :func:`setting` (validator, default, doc). The YAML
-key is the camelCase form of the attribute. A later section is one more
-dataclass and one more ``setting(section(ThatConfig), ...)`` line.
+The schema is declarative (the engine is ``agent/schema.py``): each config
+class is a frozen dataclass whose fields are declared with ``setting``
+(validator, default, doc). The YAML key is the camelCase form of the
+attribute. A later section is one more dataclass and one more
+``setting(section(ThatConfig), ...)`` line.
 
 Every problem is reported, not just the first, each as
 ``<source>: <dotted.key>: <reason>``, where the source is the file or
@@ -13,317 +14,43 @@ Every problem is reported, not just the first, each as
 from __future__ import annotations
 
 import copy
-import dataclasses
-import difflib
 import ipaddress
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
 from nicwarden.agent.errors import ConfigError
-
-T = TypeVar("T")
-Validator = Callable[[object], T]
+from nicwarden.agent.schema import (
+    Invalid,
+    Problem,
+    Problems,
+    boolean,
+    describe,
+    dns_subdomain,
+    dotted,
+    duration,
+    enum,
+    ip_address,
+    list_of_mappings,
+    mapping,
+    optional,
+    parse_section,
+    path,
+    port,
+    section,
+    setting,
+    string,
+    to_plain_dict,
+)
+from nicwarden.agent.schema import SettingDoc as SettingDoc
+from nicwarden.agent.schema import settings_reference as settings_reference
+from nicwarden.deviceplugin.dra.config import DraConfig
 
 OVERRIDE_SOURCE = "command line"
-_META = "nicwarden.setting"
-
-
-# -- problems -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Problem:
-    path: tuple[str, ...]  # keys from the root; list items appear as "[3]"
-    reason: str
-
-    def render(self, source: str) -> str:
-        return f"{source}: {dotted(self.path) or '<top level>'}: {self.reason}"
-
-
-class Invalid(Exception):
-    """Raised by a validator. A plain reason applies to the value itself;
-    section validators raise several problems at sub-paths."""
-
-    def __init__(self, reason: str = "", *, problems: Sequence[Problem] = ()) -> None:
-        super().__init__(reason)
-        self.problems = list(problems) or [Problem((), reason)]
-
-    def under(self, key: str) -> list[Problem]:
-        return [Problem((key, *p.path), p.reason) for p in self.problems]
-
-
-def dotted(path: Sequence[str]) -> str:
-    out = ""
-    for part in path:
-        out += part if part.startswith("[") or not out else f".{part}"
-    return out
-
-
-def describe(value: object) -> str:
-    """How a bad value appears in an error: short, and in YAML's words."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list | tuple):
-        return "a list"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-# -- reusable validators ----------------------------------------------------
-
-
-def _strict_int(value: object) -> int | None:
-    # bool is an int subclass, but "port: yes" is a mistake, not port 1.
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    # Overrides from flags arrive as strings; accept the canonical form.
-    if isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]+", value.strip()):
-        return int(value)
-    return None
-
-
-def int_range(low: int, high: int) -> Validator[int]:
-    def validate(value: object) -> int:
-        number = _strict_int(value)
-        if number is None or not low <= number <= high:
-            raise Invalid(f"expected an integer {low}-{high}, got {describe(value)}")
-        return number
-
-    return validate
-
-
-port = int_range(1, 65535)
-
-
-def positive_int(value: object) -> int:
-    number = _strict_int(value)
-    if number is None or number < 1:
-        raise Invalid(f"expected a positive integer, got {describe(value)}")
-    return number
-
-
-def boolean(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    raise Invalid(f"expected true or false, got {describe(value)}")
-
-
-def string(value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise Invalid(f"expected a non-empty string, got {describe(value)}")
-    return value
-
-
-def path(value: object) -> Path:
-    # A relative path in a daemon's config would depend on the cwd it was
-    # started from; require the operator to say what they mean.
-    text = string(value)
-    if "\0" in text or not text.startswith("/"):
-        raise Invalid(f"expected an absolute path, got {describe(value)}")
-    return Path(text)
-
-
-def enum(*choices: str) -> Validator[str]:
-    def validate(value: object) -> str:
-        if value not in choices:
-            raise Invalid(f"expected one of {', '.join(choices)}, got {describe(value)}")
-        assert isinstance(value, str)
-        return value
-
-    return validate
-
-
-_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)?")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def duration(value: object) -> float:
-    """Seconds, as a number or a string with a unit: ``30``, ``1.5s``, ``500ms``, ``5m``, ``1h``."""
-    seconds: float | None = None
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())):
-        seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
-    if seconds is None or not 0 < seconds < float("inf"):
-        raise Invalid(
-            f"expected a positive duration (seconds, or e.g. 500ms, 30s, 5m, 1h), got {describe(value)}"
-        )
-    return seconds
-
-
-def ip_address(value: object) -> str:
-    # Literals only: resolving a name at start would make config validity
-    # depend on DNS, and hides what is actually bound.
-    try:
-        return str(ipaddress.ip_address(string(value)))
-    except (Invalid, ValueError):
-        raise Invalid(
-            f"expected an IP address such as 127.0.0.1 or ::1, got {describe(value)}"
-        ) from None
-
-
-_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-
-
-def dns_subdomain(value: object) -> str:
-    text = string(value)
-    if len(text) > 253 or not _DNS_SUBDOMAIN.fullmatch(text):
-        raise Invalid(f"expected a DNS subdomain such as nicwarden.io, got {describe(value)}")
-    return text
-
-
-def mapping(value: object) -> dict[str, Any]:
-    """Any mapping with string keys, kept raw for its owner to validate."""
-    if not isinstance(value, Mapping):
-        raise Invalid(f"expected a mapping, got {describe(value)}")
-    bad = [k for k in value if not isinstance(k, str)]
-    if bad:
-        raise Invalid(f"expected string keys, got key {describe(bad[0])}")
-    return copy.deepcopy(dict(value))
-
-
-def list_of_mappings(value: object) -> list[dict[str, Any]]:
-    if not isinstance(value, list | tuple):
-        raise Invalid(f"expected a list of mappings, got {describe(value)}")
-    items: list[dict[str, Any]] = []
-    problems: list[Problem] = []
-    for index, item in enumerate(value):
-        try:
-            items.append(mapping(item))
-        except Invalid as e:
-            problems += e.under(f"[{index}]")
-    if problems:
-        raise Invalid(problems=problems)
-    return items
-
-
-def optional(validate: Validator[T]) -> Validator[T | None]:
-    def validate_optional(value: object) -> T | None:
-        return None if value is None else validate(value)
-
-    return validate_optional
-
-
-# -- the schema mechanism ---------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Spec:
-    validate: Validator[Any]
-    doc: str
-    key: str | None  # YAML key when not the camelCase of the attribute
-
-
-def setting(validate: Validator[T], default: T, doc: str, *, key: str | None = None) -> T:
-    """Declare a config field: how to validate it, its default and what it is for."""
-    metadata = {_META: _Spec(validate, doc, key)}
-    if isinstance(default, list | dict):
-        # Each config gets its own copy, so no caller can mutate the default.
-        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.capitalize() for part in rest)
-
-
-def _settings(cls: type[Any]) -> dict[str, tuple[dataclasses.Field[Any], _Spec]]:
-    """YAML key -> (dataclass field, spec) for every declared setting."""
-    out: dict[str, tuple[dataclasses.Field[Any], _Spec]] = {}
-    for f in dataclasses.fields(cls):
-        spec = f.metadata.get(_META)
-        if isinstance(spec, _Spec):
-            out[spec.key or _camel(f.name)] = (f, spec)
-    return out
-
-
-def _unknown_key(key: object, known: Sequence[str]) -> Problem:
-    name = key if isinstance(key, str) else describe(key)
-    hint = difflib.get_close_matches(str(name), known, n=1)
-    suggestion = f"; did you mean {hint[0]!r}?" if hint else f" (known keys: {', '.join(known)})"
-    return Problem((str(name),), f"unknown key{suggestion}")
-
-
-def parse_section(cls: type[T], raw: object) -> T:
-    """Build config class ``cls`` from a raw mapping, or raise every problem found."""
-    if not isinstance(raw, Mapping):
-        raise Invalid(f"expected a mapping, got {describe(raw)}")
-    specs = _settings(cls)
-    problems = [_unknown_key(k, list(specs)) for k in raw if k not in specs]
-    values: dict[str, Any] = {}
-    for key, (f, spec) in specs.items():
-        if key not in raw:
-            continue
-        try:
-            values[f.name] = spec.validate(raw[key])
-        except Invalid as e:
-            problems += e.under(key)
-    if problems:
-        raise Invalid(problems=problems)
-    built = cls(**values)
-    check: Callable[[], None] | None = getattr(built, "check", None)
-    if check is not None:
-        check()  # cross-field rules, run only once every field is valid
-    return built
-
-
-def section(cls: type[T]) -> Validator[T]:
-    """Validator for a nested config section."""
-
-    def validate(value: object) -> T:
-        return parse_section(cls, value)
-
-    return validate
-
-
-def _plain(value: object) -> object:
-    if isinstance(value, Path | SimShape):
-        return str(value)
-    if _is_section(value):
-        return to_plain_dict(value)
-    return copy.deepcopy(value)
-
-
-def _is_section(value: object) -> bool:
-    return dataclasses.is_dataclass(value) and bool(_settings(type(value)))
-
-
-def to_plain_dict(config: object) -> dict[str, object]:
-    """A config object as the YAML-shaped mapping that would produce it."""
-    assert dataclasses.is_dataclass(config) and not isinstance(config, type)
-    return {key: _plain(getattr(config, f.name)) for key, (f, _) in _settings(type(config)).items()}
-
-
-@dataclass(frozen=True)
-class SettingDoc:
-    key: str  # dotted YAML path
-    default: object
-    doc: str
-
-
-def settings_reference(cls: type[Any], prefix: str = "") -> list[SettingDoc]:
-    """Every setting with its default, nested sections flattened, for docs."""
-    defaults = cls()
-    rows: list[SettingDoc] = []
-    for key, (f, spec) in _settings(cls).items():
-        default = getattr(defaults, f.name)
-        if _is_section(default):
-            rows += settings_reference(type(default), f"{prefix}{key}.")
-        else:
-            rows.append(SettingDoc(f"{prefix}{key}", _plain(default), spec.doc))
-    return rows
 
 
 # -- the agent's config -----------------------------------------------------
@@ -479,6 +206,9 @@ class AgentConfig:
     policy: PolicyConfig = setting(
         section(PolicyConfig), PolicyConfig(), "MultiNetworkPolicy enforcement."
     )
+    dra: DraConfig = setting(
+        section(DraConfig), DraConfig(), "Dynamic Resource Allocation front-end (ResourceSlices)."
+    )
 
     def check(self) -> None:
         if self.socket == self.cni_socket:
@@ -489,6 +219,18 @@ class AgentConfig:
                     Problem(
                         ("manifestsDir",),
                         "set either manifestsDir (standalone) or kubernetes.watch, not both",
+                    )
+                ]
+            )
+        if self.dra.enabled and not self.kubernetes.watch:
+            # ResourceSlices and claims live in the API: DRA cannot work from
+            # a manifests directory or without a cluster.
+            raise Invalid(
+                problems=[
+                    Problem(
+                        ("dra", "enabled"),
+                        "DRA needs the Kubernetes API: set kubernetes.watch: true"
+                        " (and kubernetes.kubeconfig outside a cluster)",
                     )
                 ]
             )
@@ -530,9 +272,18 @@ def load_config(path: Path | None, overrides: Mapping[str, object]) -> AgentConf
         raise ConfigError(_render(e.problems, origins, source)) from None
 
 
+# A real config is a few KiB; the cap keeps a wrong path (a log, an image)
+# from being read whole before it is refused.
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            blob = f.read(MAX_CONFIG_BYTES + 1)
+        if len(blob) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: config file is larger than {MAX_CONFIG_BYTES} bytes")
+        text = blob.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise ConfigError(f"{path}: cannot read config file: {reason}") from None
@@ -540,6 +291,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         data = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: {_yaml_error(e)}") from None
+    except RecursionError:
+        # PyYAML's composer recurses once per nesting level.
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
     if data is None:  # an empty file means all defaults
         return {}
     if not isinstance(data, dict):
@@ -560,11 +314,11 @@ def _apply_overrides(
 ) -> dict[tuple[str, ...], str]:
     """Merge overrides into ``raw`` in place; returns which paths they set."""
     origins: dict[tuple[str, ...], str] = {}
-    problems: list[Problem] = []
+    problems = Problems()
     for dotted_key, value in overrides.items():
         keys = tuple(dotted_key.split("."))
         if not all(keys):
-            problems.append(Problem((dotted_key,), "malformed key"))
+            problems.add((dotted_key,), "malformed key")
             continue
         parent = raw
         for depth, key in enumerate(keys[:-1]):
@@ -573,7 +327,7 @@ def _apply_overrides(
             child = parent.setdefault(key, {})
             if not isinstance(child, dict):
                 reason = f"cannot set {dotted_key}: {dotted(keys[: depth + 1])} is not a mapping"
-                problems.append(Problem(keys, reason))
+                problems.add(keys, reason)
                 break
             parent = child
         else:
@@ -581,7 +335,7 @@ def _apply_overrides(
             origins[keys] = OVERRIDE_SOURCE
     if problems:
         raise ConfigError(
-            _render(problems, {p.path: OVERRIDE_SOURCE for p in problems}, file_source)
+            _render(problems.found, {p.path: OVERRIDE_SOURCE for p in problems}, file_source)
         )
     return origins
 

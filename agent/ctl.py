@@ -1,7 +1,13 @@
 """``nicwardenctl``: the admin CLI, a gRPC client of the agent's socket.
 
-Exit codes: 0 ok, 1 the agent answered with an error, 2 usage, 3 the agent
-cannot be reached (the message names the socket)."""
+Exit codes: 0 ok; 1 the agent answered with an error (printed as
+``<kind>: <message>``, the kind rebuilt from the agent's error trailer, so an
+agent that is up but cannot do something now says ``unavailable: ...``), or
+did not answer in time; 2 usage (values out of range included); 3 the
+agent's socket cannot be reached (the message names the socket; a user not
+allowed into the socket's 0700 directory is told "permission denied: run as
+root"). Output cut short by its reader (``| head``) ends quietly with the
+command's own exit code."""
 
 from __future__ import annotations
 
@@ -19,6 +25,9 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
 from nicwarden.agent import __version__
+from nicwarden.agent.api_status import error_from_rpc
+from nicwarden.agent.errors import NicwardenError
+from nicwarden.agent.paging import MAX_PAGE_SIZE
 from nicwarden.cni.install import install_shim
 from nicwarden.proto.nicwarden.v1 import agent_pb2 as pb
 from nicwarden.proto.nicwarden.v1 import agent_pb2_grpc as pb_grpc
@@ -31,6 +40,14 @@ class CtlError(Exception):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
+
+
+class AgentError(CtlError):
+    """The agent answered with one of its errors, rebuilt with its kind."""
+
+    def __init__(self, error: NicwardenError) -> None:
+        super().__init__(f"{error.kind}: {error}", EXIT_SERVER)
+        self.error = error
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -55,22 +72,73 @@ class Client:
         self.stub = pb_grpc.AgentStub(self._channel)
 
     def call(self, method: str, request: Message) -> Any:
-        if not os.path.exists(self.socket_path):
+        try:
+            os.stat(self.socket_path)
+        except PermissionError:
+            raise self._denied() from None
+        except OSError:
             raise CtlError(
                 f"cannot reach the nicwarden agent: socket {self.socket_path} does not exist"
                 " (is nicwarden-agent running? use --socket or NICWARDEN_SOCKET)",
                 EXIT_UNREACHABLE,
-            )
+            ) from None
         try:
             return getattr(self.stub, method)(request, timeout=self.timeout)
         except grpc.RpcError as e:
-            code = e.code()
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise self._failure(e) from None
+
+    def call_all(self, method: str, request: Message) -> Any:
+        """A List RPC followed through every page: one answer holding all
+        entries (the agent caps each page under gRPC's message limit)."""
+        # The largest pages the agent gives: fewest round trips.
+        request.page_size = MAX_PAGE_SIZE  # type: ignore[attr-defined]
+        first = self.call(method, request)
+        seen = {first.next_page_token}
+        while first.next_page_token:
+            request.page_token = first.next_page_token  # type: ignore[attr-defined]
+            more = self.call(method, request)
+            if more.next_page_token in seen:  # a broken agent must not loop us forever
                 raise CtlError(
-                    f"cannot reach the nicwarden agent on {self.socket_path}: {e.details()}",
-                    EXIT_UNREACHABLE,
-                ) from None
-            raise CtlError(f"{code.name.lower()}: {e.details()}", EXIT_SERVER) from None
+                    f"{method}: the agent repeated page token {more.next_page_token!r}",
+                    EXIT_SERVER,
+                )
+            seen.add(more.next_page_token)
+            for field, _ in more.ListFields():
+                if field.is_repeated and field.message_type is not None:
+                    getattr(first, field.name).extend(getattr(more, field.name))
+            first.next_page_token = more.next_page_token
+        return first
+
+    def _denied(self) -> CtlError:
+        # The agent keeps its socket in a 0700 directory: only root gets in.
+        return CtlError(
+            f"permission denied: run as root (cannot reach the nicwarden agent's socket"
+            f" {self.socket_path} as uid {os.getuid()})",
+            EXIT_UNREACHABLE,
+        )
+
+    def _failure(self, e: grpc.RpcError) -> CtlError:
+        agent_error = error_from_rpc(e)
+        if agent_error is not None:
+            # The agent's handler answered: whatever the kind (an agent-side
+            # "unavailable" included), the agent was reached.
+            return AgentError(agent_error)
+        code: grpc.StatusCode = e.code()
+        if code is grpc.StatusCode.UNAVAILABLE and "permission denied" in str(e.details()).lower():
+            return self._denied()
+        if code is grpc.StatusCode.UNAVAILABLE:
+            return CtlError(
+                f"cannot reach the nicwarden agent on {self.socket_path}: {e.details()}",
+                EXIT_UNREACHABLE,
+            )
+        if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            return CtlError(
+                f"the nicwarden agent on {self.socket_path} did not answer within"
+                f" {self.timeout:g}s (--timeout)",
+                EXIT_SERVER,
+            )
+        # Failed in gRPC itself (say an older agent without this method).
+        return CtlError(f"{code.name.lower()}: {e.details()}", EXIT_SERVER)
 
     def close(self) -> None:
         self._channel.close()
@@ -94,6 +162,7 @@ def _device_rows(devices: Sequence[pb.Device]) -> list[list[object]]:
                 d.numa_node,
                 d.iommu_group if d.iommu_group >= 0 else "-",
                 d.pf_name or d.pf_address or f"{d.num_vfs}/{d.total_vfs} VFs",
+                (d.frontend or "none") if d.role == pb.DEVICE_ROLE_VF else "-",
                 "ok" if d.healthy else f"UNHEALTHY: {d.health_detail}",
             ]
         )
@@ -110,6 +179,7 @@ DEVICE_HEADERS = [
     "NUMA",
     "IOMMU",
     "PF/VFS",
+    "OFFERED BY",  # a device plugin pool, "dra", or "none"
     "HEALTH",
 ]
 
@@ -119,7 +189,7 @@ def cmd_devices(client: Client, args: argparse.Namespace) -> tuple[Message, str]
     req = pb.ListDevicesRequest(role=role[args.role], pf=args.pf or "", driver=args.driver or "")
     if args.numa is not None:
         req.numa_node = args.numa
-    resp = client.call("ListDevices", req)
+    resp = client.call_all("ListDevices", req)
     return resp, table(DEVICE_HEADERS, _device_rows(resp.devices))
 
 
@@ -149,7 +219,7 @@ def cmd_health(client: Client, args: argparse.Namespace) -> tuple[Message, str]:
 
 
 def cmd_pools(client: Client, args: argparse.Namespace) -> tuple[Message, str]:
-    resp = client.call("ListPools", pb.ListPoolsRequest())
+    resp = client.call_all("ListPools", pb.ListPoolsRequest())
     rows = [
         [
             p.name,
@@ -181,7 +251,9 @@ def cmd_pools(client: Client, args: argparse.Namespace) -> tuple[Message, str]:
 
 
 def cmd_allocations(client: Client, args: argparse.Namespace) -> tuple[Message, str]:
-    resp = client.call("ListAllocations", pb.ListAllocationsRequest(resource=args.resource or ""))
+    resp = client.call_all(
+        "ListAllocations", pb.ListAllocationsRequest(resource=args.resource or "")
+    )
     rows = [
         [
             a.resource,
@@ -192,6 +264,29 @@ def cmd_allocations(client: Client, args: argparse.Namespace) -> tuple[Message, 
         for a in resp.allocations
     ]
     return resp, table(["RESOURCE", "DEVICE", "POD", "ALLOCATED"], rows)
+
+
+def cmd_claims(client: Client, args: argparse.Namespace) -> tuple[Message, str]:
+    resp = client.call_all("ListClaims", pb.ListClaimsRequest())
+    rows = [
+        [
+            f"{c.namespace}/{c.name}",
+            c.uid,
+            ",".join(sorted({d.pod for d in c.devices if d.pod})) or "-",
+            d.device,
+            d.pci_address,
+            d.cdi_id or "-",
+            c.state,
+            f"{d.attachment} ({d.attachment_state})" if d.attachment else "-",
+        ]
+        for c in resp.claims
+        for d in (c.devices or [pb.ClaimDevice()])
+    ]
+    headers = ["CLAIM", "UID", "POD", "DEVICE", "PCI", "CDI ID", "STATE", "ATTACHMENT"]
+    text = table(headers, rows)
+    if not resp.driver:
+        text += "\n(dra: is not active on this agent)"
+    return resp, text
 
 
 def _attachment_rows(atts: Sequence[pb.Attachment]) -> list[list[object]]:
@@ -219,7 +314,7 @@ ATTACHMENT_HEADERS = ["CONTAINER", "POD", "IFNAME", "NETWORK", "KIND", "DEVICE",
 
 
 def cmd_attachments(client: Client, args: argparse.Namespace) -> tuple[Message, str]:
-    resp = client.call("ListAttachments", pb.ListAttachmentsRequest())
+    resp = client.call_all("ListAttachments", pb.ListAttachmentsRequest())
     return resp, table(ATTACHMENT_HEADERS, _attachment_rows(resp.attachments))
 
 
@@ -232,7 +327,7 @@ def cmd_attachment(client: Client, args: argparse.Namespace) -> tuple[Message, s
 
 
 def cmd_pfs(client: Client, args: argparse.Namespace) -> tuple[Message, str]:
-    resp = client.call("ListDevices", pb.ListDevicesRequest(role=pb.DEVICE_ROLE_PF))
+    resp = client.call_all("ListDevices", pb.ListDevicesRequest(role=pb.DEVICE_ROLE_PF))
     rows = []
     for d in resp.devices:
         nd = d.netdev if d.HasField("netdev") else None
@@ -256,6 +351,13 @@ def cmd_numvfs(client: Client, args: argparse.Namespace) -> tuple[Message, str]:
     verb = "set" if r.changed else "already"
     return r, f"{r.pf_name or r.pf}: numvfs {verb} {r.num_vfs} (was {r.previous})"
 
+
+# Largest value each numeric VF attribute takes: 12-bit VLAN ID, 3-bit
+# priority, rates in Mbps carried as uint32 (the netlink attribute's width).
+U32_MAX = 2**32 - 1
+VF_LIMITS = {"vlan": 4095, "qos": 7, "min_tx_rate": U32_MAX, "max_tx_rate": U32_MAX}
+# SR-IOV's TotalVFs register is 16 bits wide.
+MAX_VFS = 65535
 
 VF_KEYS = {
     "mac": ("mac", str),
@@ -292,6 +394,10 @@ def parse_vf_settings(words: Sequence[str]) -> pb.VfSettings:
                 raise CtlError(f"{key}: expected a number, got {raw!r}", EXIT_USAGE) from None
             if value < 0:
                 raise CtlError(f"{key}: must not be negative", EXIT_USAGE)
+            if value > VF_LIMITS[field]:
+                raise CtlError(
+                    f"{key}: {value} is out of range (0 to {VF_LIMITS[field]})", EXIT_USAGE
+                )
         else:
             value = raw
         setattr(out, field, value)
@@ -338,7 +444,7 @@ def cmd_converge(client: Client, args: argparse.Namespace) -> tuple[Message, str
 
 
 def cmd_policies(client: Client, args: argparse.Namespace) -> tuple[Message, str]:
-    resp = client.call("ListPolicies", pb.ListPoliciesRequest())
+    resp = client.call_all("ListPolicies", pb.ListPoliciesRequest())
     rows = []
     for i in resp.interfaces:
         iso = "+".join(
@@ -382,7 +488,12 @@ def cmd_policies(client: Client, args: argparse.Namespace) -> tuple[Message, str
         text += "\n\n" + table(
             ["KIND", "OBJECT", "STATUS", "PROBLEMS"],
             [
-                [o.kind, o.key, "ok" if o.ok else "INVALID", "; ".join([*o.errors, *o.warnings])]
+                [
+                    o.kind,
+                    o.key,
+                    "INVALID" if not o.ok else "WARNING",
+                    "; ".join([*o.errors, *o.warnings]),
+                ]
                 for o in bad
             ],
         )
@@ -397,14 +508,17 @@ def cmd_policies(client: Client, args: argparse.Namespace) -> tuple[Message, str
 
 
 def cmd_reconcile(client: Client, args: argparse.Namespace) -> tuple[Message, str]:
-    resp = client.call("Reconcile", pb.ReconcileRequest())
-    return resp, "\n".join(resp.actions) or "nothing to do"
+    req = pb.ReconcileRequest(adopt=args.adopt or "", release=args.release or "")
+    resp = client.call("Reconcile", req)
+    lines = list(resp.actions) or ["nothing to do"]
+    lines += [f"out of place, not offered to pods: {u}" for u in resp.unexplained]
+    return resp, "\n".join(lines)
 
 
 def cmd_install_cni(args: argparse.Namespace) -> int:
     """Local: copy the shim into the CNI bin dir (no agent needed)."""
     try:
-        target = install_shim(Path(args.dir), python=args.python)
+        target = install_shim(Path(args.dir))
     except (OSError, ValueError) as e:
         print(f"nicwardenctl: cannot install the CNI shim into {args.dir}: {e}", file=sys.stderr)
         return EXIT_SERVER
@@ -422,6 +536,10 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a number of VFs, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError("the number of VFs cannot be negative")
+    if value > MAX_VFS:
+        raise argparse.ArgumentTypeError(
+            f"{value} VFs is out of range: SR-IOV allows at most {MAX_VFS}"
+        )
     return value
 
 
@@ -453,6 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
     allocs = sub.add_parser("allocations", help="devices kubelet allocated")
     allocs.add_argument("--resource")
     allocs.set_defaults(func=cmd_allocations)
+    sub.add_parser(
+        "claims", help="DRA ResourceClaims prepared on this node, their devices and pods"
+    ).set_defaults(func=cmd_claims)
     sub.add_parser("attachments", help="pod attachments").set_defaults(func=cmd_attachments)
     one_att = sub.add_parser("attachment", help="one container's attachments")
     one_att.add_argument("container_id")
@@ -484,13 +605,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pol.add_argument("-v", "--verbose", action="store_true", help="every non-zero counter")
     pol.set_defaults(func=cmd_policies)
-    sub.add_parser("reconcile", help="reconcile attachments with the kernel now").set_defaults(
-        func=cmd_reconcile
+    rec = sub.add_parser("reconcile", help="reconcile attachments and VFs with the kernel now")
+    decide = rec.add_mutually_exclusive_group()
+    decide.add_argument(
+        "--adopt",
+        metavar="VF",
+        help="accept a VF that is out of place with no attachment as it is",
     )
+    decide.add_argument(
+        "--release",
+        metavar="VF",
+        help="bring such a VF back to the host netns under its home name",
+    )
+    rec.set_defaults(func=cmd_reconcile)
     sub.add_parser("version", help="agent and CLI versions").set_defaults(func=cmd_version)
     inst = sub.add_parser("install-cni", help="install the CNI shim (local, atomic)")
     inst.add_argument("--dir", default="/opt/cni/bin")
-    inst.add_argument("--python", default="/usr/bin/python3", help="interpreter for the shim")
     inst.set_defaults(local=cmd_install_cni)
     sub.add_parser("health", help="agent component health").set_defaults(func=cmd_health)
     for sp in sub.choices.values():
@@ -512,13 +642,22 @@ def main(argv: list[str] | None = None) -> int:
         return e.code
     finally:
         client.close()
-    if args.output == "json":
-        print(json.dumps(to_json(msg), indent=2, sort_keys=True))
-    else:
-        print(text)
+    _emit(json.dumps(to_json(msg), indent=2, sort_keys=True) if args.output == "json" else text)
     if isinstance(msg, pb.HealthResponse) and not msg.ok:
         return EXIT_SERVER
     return EXIT_OK
+
+
+def _emit(text: str) -> None:
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader stopped early (`| head`). Point stdout at /dev/null so
+        # the interpreter's own flush at exit does not fail a second time.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,10 @@ from typing import Any
 import grpc
 import yaml
 
-from nicwarden.agent import __version__, logs, sriov
+from nicwarden.agent import __version__, logs
 from nicwarden.agent.api import AgentService
 from nicwarden.agent.config import AgentConfig, load_config
+from nicwarden.agent.devices import spec as sriov_spec
 from nicwarden.agent.errors import AlreadyExists, ConfigError, NicwardenError
 from nicwarden.agent.runtime import AgentRuntime, state_lock_path
 from nicwarden.agent.sockets import claim, lock_down, release
@@ -197,7 +198,7 @@ def _reload(agent: Agent, args: argparse.Namespace) -> None:
     """SIGHUP: re-read the config; a bad one is logged and the old one kept."""
     try:
         config = load_config(args.config, overrides_from(args))
-        sriov.parse_sriov(config.sriov, source=str(args.config or "command line"))
+        sriov_spec.parse_sriov(config.sriov, source=str(args.config or "command line"))
     except ConfigError as e:
         log.error("reload refused, keeping the running config: %s", e)
         return
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         # Sections owned by their modules: invalid desired state stops the
         # agent before it touches anything (device plugin pools are instead
         # reported and skipped one by one, as sriov-network-device-plugin does).
-        sriov.parse_sriov(config.sriov, source=str(args.config or "command line"))
+        sriov_spec.parse_sriov(config.sriov, source=str(args.config or "command line"))
     except ConfigError as e:
         print(f"nicwarden-agent: config error: {e}", file=sys.stderr)
         return EXIT_CONFIG

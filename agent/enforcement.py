@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from nicwarden.agent.policy import (
     Action,
@@ -31,26 +31,17 @@ from nicwarden.agent.policy import (
     PolicyEngine,
 )
 from nicwarden.agent.store import Attachment, AttachmentKey, Store
+from nicwarden.bpf.layout import IfaceKey
+
+if TYPE_CHECKING:
+    # Types only: importing them would pull in pyroute2 and the Kubernetes
+    # client, which policy-only users of this module never need.
+    from nicwarden.agent.host.bpf import Datapath
+    from nicwarden.agent.k8s.source import ObjectSource
 
 log = logging.getLogger(__name__)
 
 NETWORK_STATUS = "k8s.v1.cni.cncf.io/network-status"
-
-
-class ObjectSource(Protocol):
-    def start(self, sink: Callable[[Event], None]) -> None: ...
-    def stop(self) -> None: ...
-    def synced(self) -> bool: ...
-    def problems(self) -> list[Any]: ...
-
-
-class Datapath(Protocol):
-    """What enforcement needs of agent/host/bpf.PolicyDatapath."""
-
-    def attach(self, netns: str, ifname: str) -> Any: ...
-    def detach(self, iface: Any) -> None: ...
-    def apply(self, iface: Any, direction: Any, table: Any) -> int: ...
-    def counters(self, iface: Any) -> Mapping[Any, Any]: ...
 
 
 @dataclass
@@ -59,7 +50,7 @@ class _Local:
 
     target: PolicedInterface
     netns: str
-    iface: Any = None  # the datapath's key once attached
+    iface: IfaceKey | None = None  # the datapath's key once attached
     generation: dict[str, int] = field(default_factory=dict)
     digest: str = ""
     applied_at: float = 0.0
@@ -88,6 +79,11 @@ def network_key(att: Attachment, nads: Mapping[tuple[str, str], str] | None = No
     return f"{att.pod_namespace}/{att.network}"
 
 
+def _object_ident(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata", {})
+    return f"{meta.get('namespace') or 'default'}/{meta.get('name', '')}"
+
+
 def nad_config_name(obj: Mapping[str, Any]) -> str:
     try:
         conf = json.loads(str(obj.get("spec", {}).get("config") or "{}"))
@@ -96,7 +92,10 @@ def nad_config_name(obj: Mapping[str, Any]) -> str:
     return str(conf.get("name", "")) if isinstance(conf, dict) else ""
 
 
-def attachment_ips(att: Attachment) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def attachment_ips(att: Attachment) -> tuple[IPAddress, ...]:
     result = att.result or {}
     out = []
     for ip in result.get("ips", []):
@@ -123,13 +122,19 @@ class PolicyEnforcer:
         options: CompileOptions | None = None,
         datapath_error: str = "",
         on_invalid: Callable[[Mapping[str, Any], str], None] | None = None,
+        strict_host_model: Callable[[str, str, tuple[IPAddress, ...]], None] | None = None,
     ) -> None:
         self.store = store
         self.datapath = datapath
         self.datapath_error = datapath_error
         self.source = source
         self.on_invalid = on_invalid
+        # (netns, ifname, addresses) -> None: the strict host model on a pod
+        # interface (agent/host/hostmodel.py), so that traffic for a policed
+        # address can neither be drawn to nor enter through another network.
+        self.strict_host_model = strict_host_model
         self._reported: dict[str, tuple[str, ...]] = {}
+        self._logged: dict[str, set[str]] = {}  # policy key -> problems logged
         self.engine = PolicyEngine(options)
         self._lock = threading.RLock()
         self._locals: dict[InterfaceKey, _Local] = {}
@@ -200,10 +205,15 @@ class PolicyEnforcer:
                 log.exception("policy engine rejected an event", extra={"kind": kind})
                 return
             self._sync(changed)
-            if kind == "NetworkAttachmentDefinition" and self._track_nad(event):
-                self._rekey()
+            if kind == "NetworkAttachmentDefinition":
+                if self._track_nad(event):
+                    self._rekey()
+                # A NAD appearing or going makes policies naming it (in)effective.
+                for key in self.engine.policies_naming(_object_ident(event.obj)):
+                    self._log_problems(key)
             if kind == "MultiNetworkPolicy":
                 self._report(event)
+                self._log_problems(_object_ident(event.obj))
 
     def on_attach(self, att: Attachment) -> None:
         with self._lock:
@@ -238,16 +248,28 @@ class PolicyEnforcer:
             return
         meta = event.obj.get("metadata", {})
         key = f"{meta.get('namespace', 'default')}/{meta.get('name', '')}"
-        status = next(
-            (s for s in self.engine.status() if s.kind == "MultiNetworkPolicy" and s.key == key),
-            None,
-        )
+        status = self.engine.policy_status(key)
         errors = tuple(status.errors) if status is not None and not status.ok else ()
         if errors and self._reported.get(key) != errors:
             self.on_invalid(
                 event.obj, "; ".join(errors) + " (fails closed for the pods it selects)"
             )
         self._reported[key] = errors
+
+    def _log_problems(self, key: str) -> None:
+        """Log each of a policy's problems once when it appears and once when
+        it clears, not on every resync or unrelated update."""
+        status = self.engine.policy_status(key)
+        now = set(status.errors + status.warnings) if status is not None else set()
+        before = self._logged.get(key, set())
+        for problem in sorted(now - before):
+            log.warning("policy problem", extra={"policy": key, "problem": problem})
+        for problem in sorted(before - now):
+            log.info("policy problem cleared", extra={"policy": key, "problem": problem})
+        if now:
+            self._logged[key] = now
+        else:
+            self._logged.pop(key, None)
 
     def _track_nad(self, event: Event) -> bool:
         """Remember NAD names; True when the set changed (targets may rekey)."""
@@ -294,6 +316,14 @@ class PolicyEnforcer:
             return  # no pod identity to select on, or no kernel interface to police
         target = self._target_of(att)
         self._locals[target.key] = _Local(target=target, netns=att.netns)
+        if self.strict_host_model is not None:
+            try:
+                self.strict_host_model(att.netns, att.ifname, attachment_ips(att))
+            except Exception as e:  # the pod's netns may be gone already
+                log.warning(
+                    "cannot set the strict host model",
+                    extra={"iface": str(target.key), "error": str(e)},
+                )
 
     def _retarget(self) -> None:
         changed = self.engine.set_targets([loc.target for loc in self._locals.values()])

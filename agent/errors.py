@@ -1,16 +1,16 @@
-"""The agent's error vocabulary, and the one table that maps it to CNI codes,
-gRPC status codes and CLI exit codes.
+"""The agent's error vocabulary: one exception class per *kind*.
 
 Errors cross two process boundaries (gRPC to nicwardenctl, HTTP to the CNI
-shim), so each can be rebuilt from ``(kind, message, details)`` on the far side.
+shim), so each is rebuilt from ``(kind, message, details)`` on the far side
+with :func:`rebuild`. How a kind is spelt on each wire lives with that wire:
+gRPC status codes in ``agent/api_status.py`` (the API layer), CNI error codes
+in ``cni/errors.py``. This module imports neither, so the policy compiler and
+the host layer can raise these errors without pulling in grpcio.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
-
-import grpc
 
 
 class NicwardenError(Exception):
@@ -55,13 +55,29 @@ class Busy(NicwardenError):
 
 
 class Unavailable(NicwardenError):
-    """Try again later: the agent or a dependency is not ready."""
+    """Try again later: the agent or a dependency is not ready, or a kernel
+    write has not returned in time."""
 
     kind = "unavailable"
 
 
 class Unsupported(NicwardenError):
+    """This node cannot do what was asked (a driver is not loaded, the PF
+    driver lacks a feature)."""
+
     kind = "unsupported"
+
+
+class UnsupportedField(Unsupported):
+    """A request or config field this agent does not support. The message
+    names the key and the value, as CNI's "unsupported field" code requires."""
+
+    kind = "unsupported_field"
+
+    @classmethod
+    def of(cls, key: str, value: object, why: str = "") -> UnsupportedField:
+        reason = f": {why}" if why else ""
+        return cls(f"{key}: {value!r} is not supported{reason}")
 
 
 class HostError(NicwardenError):
@@ -76,50 +92,34 @@ class StoreError(NicwardenError):
     kind = "store"
 
 
-@dataclass(frozen=True)
-class ErrorMapping:
-    cni_code: int
-    grpc_code: grpc.StatusCode
-    exit_code: int
+ERROR_CLASSES: tuple[type[NicwardenError], ...] = (
+    NicwardenError,
+    InvalidArgument,
+    ConfigError,
+    NotFound,
+    AlreadyExists,
+    Busy,
+    Unavailable,
+    Unsupported,
+    UnsupportedField,
+    HostError,
+    StoreError,
+)
 
+_BY_KIND: dict[str, type[NicwardenError]] = {cls.kind: cls for cls in ERROR_CLASSES}
 
-# One table for every boundary. CNI codes per the SPEC: 2 unsupported field,
-# 3 unknown container, 4 invalid env, 5 I/O, 7 invalid config, 11 try again.
-# 100+ are ours (plugin-specific range).
-ERROR_TABLE: dict[str, ErrorMapping] = {
-    "invalid_argument": ErrorMapping(7, grpc.StatusCode.INVALID_ARGUMENT, 1),
-    "config": ErrorMapping(7, grpc.StatusCode.INVALID_ARGUMENT, 1),
-    "not_found": ErrorMapping(3, grpc.StatusCode.NOT_FOUND, 1),
-    "already_exists": ErrorMapping(100, grpc.StatusCode.ALREADY_EXISTS, 1),
-    "busy": ErrorMapping(101, grpc.StatusCode.FAILED_PRECONDITION, 1),
-    "unavailable": ErrorMapping(11, grpc.StatusCode.UNAVAILABLE, 1),
-    "unsupported": ErrorMapping(2, grpc.StatusCode.UNIMPLEMENTED, 1),
-    "host": ErrorMapping(5, grpc.StatusCode.INTERNAL, 1),
-    "store": ErrorMapping(5, grpc.StatusCode.INTERNAL, 1),
-    "internal": ErrorMapping(999, grpc.StatusCode.INTERNAL, 1),
-}
-
-_KINDS: dict[str, type[NicwardenError]] = {
-    cls.kind: cls
-    for cls in (
-        NicwardenError,
-        InvalidArgument,
-        ConfigError,
-        NotFound,
-        AlreadyExists,
-        Busy,
-        Unavailable,
-        Unsupported,
-        HostError,
-        StoreError,
-    )
-}
-
-
-def mapping_for(err: NicwardenError) -> ErrorMapping:
-    return ERROR_TABLE.get(err.kind, ERROR_TABLE["internal"])
+# Every kind that may cross a boundary; each wire's table must cover them all
+# (tests/unit/test_error_contract.py holds them to it).
+KINDS: tuple[str, ...] = tuple(_BY_KIND)
 
 
 def rebuild(kind: str, message: str, details: str = "") -> NicwardenError:
-    """Rebuild an error received from the other side of a boundary."""
-    return _KINDS.get(kind, NicwardenError)(message, details)
+    """Rebuild an error received from the other side of a boundary. An
+    unknown kind (a newer agent) becomes the base class, keeping the kind
+    name readable in the message's owner, not lost."""
+    cls = _BY_KIND.get(kind)
+    if cls is None:
+        err = NicwardenError(message, details)
+        err.kind = kind if kind else NicwardenError.kind
+        return err
+    return cls(message, details)

@@ -1,5 +1,6 @@
 """Device health, one rule for every consumer (device plugin, API, CLI):
-what makes a VF unusable right now.
+what makes a VF unusable right now. Pure: it reads only the inventory
+snapshot, which records the dev-root nodes (see ``agent/host/discovery.py``).
 
 A VF is Unhealthy when
 - its PF's netdev is not operationally up (the VF has no path to the wire);
@@ -15,10 +16,10 @@ veths before carrier negotiation) never report anything else.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from nicwarden.agent.host.paths import HostPaths
 from nicwarden.agent.model import PF, VF, NetdevState
 
 HEALTHY = "Healthy"
@@ -39,23 +40,24 @@ def link_is_up(netdev: NetdevState) -> bool:
     return netdev.operstate in _UP_STATES
 
 
-def vfio_node(paths: HostPaths, group: int) -> VfioNode | None:
-    """The group's node under the dev root, or None when absent.
+def vfio_mount(vf: VF) -> VfioNode | None:
+    """The VF's group node as the snapshot saw it, or None.
 
-    In no-IOMMU mode the kernel names the node ``noiommu-<group>``; the
-    container still gets it at ``/dev/vfio/<group>`` (sriov-network-device-plugin
+    The container always gets it at ``/dev/vfio/<group>``, also in no-IOMMU
+    mode where the host node is ``noiommu-<group>`` (sriov-network-device-plugin
     does the same, and DPDK probes both names).
     """
-    container_path = f"/dev/vfio/{group}"
-    for name in (str(group), f"noiommu-{group}"):
-        host_path = paths.vfio / name
-        if host_path.exists():
-            return VfioNode(group, host_path, container_path)
-    return None
+    group = vf.fn.iommu_group
+    if vf.vfio_node is None or group is None:
+        return None
+    return VfioNode(group, Path(vf.vfio_node), f"/dev/vfio/{group}")
 
 
-def unhealthy_reason(vf: VF, pf: PF, paths: HostPaths, need_vhost_net: bool) -> str | None:
-    """Why ``vf`` cannot be handed out now, or None when it is healthy."""
+def unhealthy_reason(
+    vf: VF, pf: PF, need_vhost_net: bool = False, missing_dev_nodes: Collection[str] = ()
+) -> str | None:
+    """Why ``vf`` cannot be handed out now, or None when it is healthy.
+    ``missing_dev_nodes`` is the snapshot's ``Inventory.missing_dev_nodes``."""
     problem = pf_problem(pf)
     if problem is not None:
         return problem
@@ -64,12 +66,11 @@ def unhealthy_reason(vf: VF, pf: PF, paths: HostPaths, need_vhost_net: bool) -> 
     if vf.fn.is_vfio:
         if vf.fn.iommu_group is None:
             return "bound to vfio-pci but has no IOMMU group"
-        if vfio_node(paths, vf.fn.iommu_group) is None:
-            return f"{paths.vfio / str(vf.fn.iommu_group)} is missing"
+        if vf.vfio_node is None:
+            return f"the vfio node of IOMMU group {vf.fn.iommu_group} is missing"
     if need_vhost_net:
-        for node in (paths.dev / "vhost-net", paths.dev / "net" / "tun"):
-            if not node.exists():
-                return f"{node} is missing (pool needs vhost-net)"
+        for node in missing_dev_nodes:
+            return f"{node} is missing (pool needs vhost-net)"
     return None
 
 

@@ -92,7 +92,7 @@ class LiveInventory:
         self.scans += 1
         with self._lock:
             old = self._snapshot
-            if fresh.pfs == old.pfs:
+            if fresh.pfs == old.pfs and fresh.missing_dev_nodes == old.missing_dev_nodes:
                 return old
             new = replace(fresh, generation=old.generation + 1)
             self._snapshot = new

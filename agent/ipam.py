@@ -1,7 +1,7 @@
 """IPAM delegation with version negotiation, and applying its result inside
 the pod's netns.
 
-The complete config goes to the delegate (SPEC §4), but with ``cniVersion``
+The complete config goes to the delegate (docs/contracts.md#cni-ipam-delegation), but with ``cniVersion``
 lowered to the highest version the delegate speaks when it is older than the
 request: Debian's plugins (1.1.1) stop at 1.0.0, and a runtime on 1.1.0 would
 otherwise get "incompatible CNI versions" from host-local for every pod.
@@ -15,7 +15,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from nicwarden.agent.host.netlink import Netlink
-from nicwarden.cni.delegate import ipam_add, ipam_check, ipam_del, ipam_gc, plugin_versions
+from nicwarden.cni.delegate import (
+    find_plugin,
+    ipam_add,
+    ipam_check,
+    ipam_del,
+    ipam_gc,
+    plugin_versions,
+)
 from nicwarden.cni.request import CniRequest
 from nicwarden.cni.result import IPConfig, Result
 from nicwarden.cni.version import version_key
@@ -51,6 +58,15 @@ def negotiated_config(req: CniRequest) -> dict[str, Any]:
     return config
 
 
+def require_plugin(req: CniRequest) -> None:
+    """Fail before any kernel change when the IPAM plugin cannot be run:
+    found out only at IPAM ADD, the VF would already be in the pod, and the
+    rollback's IPAM DEL would fail the same way."""
+    ipam = ipam_section(req.config)
+    if ipam is not None:
+        find_plugin(str(ipam["type"]), req.cni_path)
+
+
 def add(req: CniRequest) -> Result:
     return ipam_add(negotiated_config(req), req.env, req.cni_path)
 
@@ -68,7 +84,7 @@ def gc(req: CniRequest) -> bool:
 
 
 def for_interface(result: Result, index: int = 0) -> Result:
-    """C61: IPAM results carry no interface indexes; point every IP at ours."""
+    """IPAM results carry no interface indexes; point every IP at ours."""
     ips = tuple(
         IPConfig(address=ip.address, gateway=ip.gateway, interface=index) for ip in result.ips
     )

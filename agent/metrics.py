@@ -27,6 +27,12 @@ class Metrics:
             "Inventory snapshot generation",
             registry=self.registry,
         )
+        self._unexplained = Gauge(
+            "nicwarden_vf_unexplained",
+            "VFs out of place (not home, or renamed) that no attachment explains;"
+            " held back from pods until an admin adopts or releases them",
+            registry=self.registry,
+        )
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -37,6 +43,9 @@ class Metrics:
         self._devices.labels("pf").set(len(inv.pfs))
         self._devices.labels("vf").set(len(inv.vfs()))
         self._generation.set(inv.generation)
+
+    def vf_unexplained(self, count: int) -> None:
+        self._unexplained.set(count)
 
     def serve(self, address: str, port: int) -> int:
         """Start the HTTP endpoint; returns the bound port (0 picks one)."""

@@ -6,7 +6,9 @@ shares one vocabulary and snapshots can be compared for change detection.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 KERNEL_DRIVER = "kernel"
 VFIO_DRIVER = "vfio-pci"
@@ -46,6 +48,10 @@ class VF:
     pf_address: str
     pf_name: str | None  # the PF's netdev name (selectors use it)
     index: int  # virtfnN
+    # The host path of its IOMMU group's vfio node (``/dev/vfio/<group>`` or
+    # ``noiommu-<group>``) when bound to vfio-pci and the node exists: health
+    # and Allocate read it here instead of looking under /dev themselves.
+    vfio_node: str | None = None
 
     @property
     def address(self) -> str:
@@ -74,6 +80,9 @@ class Inventory:
 
     pfs: tuple[PF, ...] = ()
     generation: int = 0
+    # Host paths of the vhost-net/tun nodes that are absent (pools that need
+    # vhost-net are unhealthy without them).
+    missing_dev_nodes: tuple[str, ...] = ()
 
     def vfs(self) -> list[VF]:
         return [vf for pf in self.pfs for vf in pf.vfs]
@@ -93,3 +102,22 @@ def _matches(fn: PciFunction, key: str) -> bool:
     if fn.address == key or fn.address == f"0000:{key}":
         return True
     return fn.netdev is not None and fn.netdev.name == key
+
+
+class InventorySource(Protocol):
+    """Publishes immutable inventory snapshots (``agent.inventory.LiveInventory``
+    on a node; small in-memory objects in tests). The one declaration: CNI
+    attach, device management and the device plugin all consume this."""
+
+    def snapshot(self) -> Inventory:
+        """The latest snapshot."""
+        ...
+
+    def rescan(self) -> Inventory:
+        """Scan now (after a change of our own) and return the fresh snapshot."""
+        ...
+
+    def subscribe(self, callback: Callable[[Inventory], None]) -> Callable[[], None]:
+        """Call ``callback`` with each new snapshot (VF added/removed, driver
+        change, link up/down, device gone); returns the unsubscribe function."""
+        ...

@@ -15,12 +15,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from nicwarden.agent import dpdk, sriov
 from nicwarden.agent.attach import AttachContext, AttachService
 from nicwarden.agent.config import AgentConfig, SimShape
-from nicwarden.agent.dpdk import DeviceCtx
+from nicwarden.agent.devices import converge as sriov_converge
+from nicwarden.agent.devices.context import DeviceCtx
+from nicwarden.agent.devices.recover import recover as recover_devices
+from nicwarden.agent.devices.spec import parse_sriov
 from nicwarden.agent.enforcement import PolicyEnforcer
-from nicwarden.agent.errors import NicwardenError
+from nicwarden.agent.errors import ConfigError, NicwardenError
+from nicwarden.agent.host import hostmodel
 from nicwarden.agent.host.netlink import Netlink
 from nicwarden.agent.host.paths import HostPaths
 from nicwarden.agent.host.sysfs import KernelSysfsWriter, SysfsWriter, check_root
@@ -28,11 +31,15 @@ from nicwarden.agent.host.vfnetlink import NetlinkVfConfigurator, VfConfigurator
 from nicwarden.agent.inventory import LiveInventory
 from nicwarden.agent.metrics import Metrics
 from nicwarden.agent.policy import CompileOptions
+from nicwarden.agent.reconcile import Unexplained, VfAudit
 from nicwarden.agent.sim import SimulatedNode, parse_spec
 from nicwarden.agent.sim.vfconfig import SimVfConfigurator
 from nicwarden.agent.store import Store
 from nicwarden.cni.dispatch import handle_invocation
 from nicwarden.cni.http_endpoint import CniHttpServer
+from nicwarden.deviceplugin.config import parse_resource_list
+from nicwarden.deviceplugin.dra.devices import dra_matches
+from nicwarden.deviceplugin.dra.frontends import overlaps, refused_moves
 from nicwarden.deviceplugin.manager import DevicePluginManager
 
 log = logging.getLogger(__name__)
@@ -67,12 +74,16 @@ class AgentRuntime:
         self.inventory = LiveInventory(self.paths)
         self.vfconf: VfConfigurator = NetlinkVfConfigurator()
         self.attach: AttachService | None = None
+        self.audit: VfAudit | None = None
         self.cni_server: CniHttpServer | None = None
         self.deviceplugin: DevicePluginManager | None = None
         self.enforcer: PolicyEnforcer | None = None
         self.datapath: Any = None
         self.devices: DeviceCtx | None = None
         self.events: Any = None
+        self.dra_slices: Any = None  # deviceplugin.dra.slices.SlicePublisher when dra: is active
+        self.dra_plugin: Any = None  # deviceplugin.dra.plugin.DraPlugin
+        self.dra_status: Any = None  # deviceplugin.dra.status.ClaimStatusWriter
         self._reconciler: threading.Thread | None = None
         self._stopping = threading.Event()
         self._stops: list[Callable[[], None]] = []
@@ -99,9 +110,11 @@ class AgentRuntime:
         # Finish what a crash interrupted before taking new requests.
         assert self.attach is not None
         self.attach.reconcile()
+        self._start_audit()
         self._start_devices()
         self._start_cni()
         self._start_deviceplugin()
+        self._start_dra()
         self._reconciler = threading.Thread(
             target=self._reconcile_loop, name="reconcile", daemon=True
         )
@@ -147,6 +160,37 @@ class AgentRuntime:
             )
         )
 
+    def _start_audit(self) -> None:
+        """VFs out of place that no attachment explains are held back from
+        pods until an admin adopts or releases them."""
+        assert self.attach is not None
+        audit = VfAudit(self.attach)
+        self.audit = audit
+        self.attach.ctx.blocked = audit.why_blocked
+        audit.on_change.append(lambda: self.metrics.vf_unexplained(len(audit.unexplained())))
+        audit.on_change.append(self._refresh_pools)
+        audit.on_found.append(self._vfs_unexplained)
+        audit.run()
+        self.metrics.vf_unexplained(len(audit.unexplained()))
+
+    def _refresh_pools(self) -> None:
+        if self.deviceplugin is not None:
+            self.deviceplugin.refresh()
+
+    def _vfs_unexplained(self, found: list[Unexplained]) -> None:
+        if self.events is None:
+            return
+        from nicwarden.agent.k8s import ObjectRef
+
+        node = ObjectRef("Node", self.node_name, "", "v1", "")
+        for u in found:
+            self.events.warning(
+                node,
+                "NicwardenVfUnexplained",
+                f"VF {u}; not offered to pods until `nicwardenctl reconcile --adopt` or"
+                " `--release`",
+            )
+
     def _start_devices(self) -> None:
         """SR-IOV/DPDK management: settle interrupted changes, then converge."""
         assert self.store is not None
@@ -156,11 +200,11 @@ class AgentRuntime:
             inventory=self.inventory,
             store=self.store,
             netdevs=Netlink(),
+            vfconf=self.vfconf,
             timeout_s=self.config.device_timeout,
             allow_noiommu=self.config.allow_no_iommu,
         )
-        for done in [*dpdk.recover(self.devices), *sriov.recover(self.devices)]:
-            log.info("recovered interrupted device change", extra={"change": str(done)})
+        recover_devices(self.devices)
         self.converge()
 
     def _start_cni(self) -> None:
@@ -177,6 +221,7 @@ class AgentRuntime:
     def _start_deviceplugin(self) -> None:
         assert self.store is not None
         cfg = self.config
+        self._check_frontends(cfg)
         self.deviceplugin = DevicePluginManager(
             self.inventory,
             cfg.resource_list,
@@ -185,25 +230,60 @@ class AgentRuntime:
             kubelet_dir=cfg.kubelet_dir,
             device_info_dir=cfg.device_info_dir,
             recorder=_AllocationRecorder(self.store),
+            blocked=self.audit.blocked if self.audit is not None else None,
+            # Each VF has one front-end: what DRA offers is never in a pool.
+            exclude=lambda vf, pf: dra_matches(self.config.dra, vf, pf),
         )
         for issue in self.deviceplugin.config_errors():
             log.error("invalid device plugin pool", extra={"problem": str(issue)})
         self.deviceplugin.start()
         self._stops.append(self.deviceplugin.stop)
 
-    def converge(self, dry_run: bool = False) -> sriov.ConvergeReport:
+    def _check_frontends(self, cfg: AgentConfig) -> None:
+        """A VF selected by both a device plugin pool and ``dra:`` is a config error."""
+        pools = parse_resource_list(cfg.resource_list, cfg.resource_prefix).pools
+        found = overlaps(self.inventory.snapshot(), pools, cfg.dra)
+        if found:
+            raise ConfigError("\n".join(str(o) for o in found))
+
+    def _start_dra(self) -> None:
+        """The DRA front-end: ResourceSlices, the kubelet plugin and claim
+        status. Config validation guarantees the API is configured."""
+        dra = self.config.dra
+        if not dra.active:
+            return
+        from nicwarden.agent.host.pcie import pcie_root
+        from nicwarden.agent.k8s import load_client
+        from nicwarden.deviceplugin.dra.claims import ApiClaimReader
+        from nicwarden.deviceplugin.dra.plugin import DraPlugin
+        from nicwarden.deviceplugin.dra.slices import SlicePublisher
+        from nicwarden.deviceplugin.dra.status import ClaimStatusWriter
+
+        assert self.store is not None and self.devices is not None and self.attach is not None
+        api = load_client(self.config.kubernetes.kubeconfig)
+        paths = self.paths
+        self.dra_slices = SlicePublisher(
+            api, dra, self.inventory, self.node_name, pcie_root=lambda a: pcie_root(paths, a)
+        ).start()
+        self._stops.append(self.dra_slices.stop)
+        self.dra_status = ClaimStatusWriter(api, self.store, dra.driver_name).start()
+        self._stops.append(self.dra_status.stop)
+        self.attach.ctx.on_attach.append(self.dra_status.on_attach)
+        self.attach.ctx.on_detach.append(self.dra_status.on_detach)
+        self.dra_plugin = DraPlugin(
+            dra, self.store, self.devices, self.inventory, ApiClaimReader(api), self.node_name
+        )
+        self.dra_plugin.start()
+        self._stops.append(self.dra_plugin.stop)
+
+    def converge(self, dry_run: bool = False) -> sriov_converge.ConvergeReport:
         """Bring PFs to the ``sriov:`` desired state (at start and on SIGHUP).
         A dry run only reports drift."""
         assert self.devices is not None
-        desired = sriov.parse_sriov(self.config.sriov)
+        desired = parse_sriov(self.config.sriov)
         if dry_run:
-            found = sriov.plan(
-                desired, self.inventory.rescan(), dpdk.in_use_from_store(self.devices.store)
-            )
-            return sriov.ConvergeReport(
-                skipped=list(found.skipped), drift=list(found.drift), remaining=list(found.drift)
-            )
-        report = sriov.converge(self.devices, desired)
+            return sriov_converge.drift(self.devices, desired)
+        report = sriov_converge.converge(self.devices, desired)
         if report.drift or report.skipped or report.applied:
             log.info("sriov converge", extra=report.to_dict())
         return report
@@ -217,12 +297,50 @@ class AgentRuntime:
             changes.append("sriov")
         if config.resource_list != self.config.resource_list:
             changes.append("resourceList")
+        if config.dra != self.config.dra:
+            self._check_dra_reload(config)
+            changes.append("dra")
+        elif "resourceList" in changes:
+            self._check_dra_reload(config)
         self.config = config
         if "resourceList" in changes and self.deviceplugin is not None:
             for issue in self.deviceplugin.apply_config(config.resource_list):
                 log.error("invalid device plugin pool", extra={"problem": str(issue)})
+        if "dra" in changes:
+            if self.dra_slices is not None:
+                self.dra_slices.set_config(config.dra)
+            if self.dra_plugin is not None:
+                self.dra_plugin.preparer.cfg = config.dra
+            if self.deviceplugin is not None:
+                self.deviceplugin.refresh()
         self.converge()
         return changes
+
+    def _check_dra_reload(self, new: AgentConfig) -> None:
+        """Refuse (ConfigError, old config kept) a reload that makes a VF
+        offered twice, changes what only a restart can, or moves an in-use VF
+        between DRA and the device plugin."""
+        old = self.config
+        self._check_frontends(new)
+        fixed = ("driver", "registry_dir", "plugins_dir", "cdi_dir")
+        if old.dra.active and new.dra.active:
+            changed = [f for f in fixed if getattr(old.dra, f) != getattr(new.dra, f)]
+        else:
+            changed = ["enabled"] if old.dra.active != new.dra.active else []
+        if changed:
+            raise ConfigError(
+                "dra." + ", dra.".join(changed) + " cannot change on reload: restart the agent"
+            )
+        assert self.store is not None
+        prefix = old.resource_prefix
+        problems = refused_moves(
+            self.inventory.snapshot(),
+            self.store,
+            (parse_resource_list(old.resource_list, prefix).pools, old.dra),
+            (parse_resource_list(new.resource_list, prefix).pools, new.dra),
+        )
+        if problems:
+            raise ConfigError("reload refused: " + "; ".join(problems))
 
     def _start_enforcement(self) -> None:
         """Policy enforcement is optional equipment: without bcc or kernel
@@ -267,6 +385,7 @@ class AgentRuntime:
             CompileOptions(allow_icmp=cfg.allow_icmp),
             datapath_error=error,
             on_invalid=self._policy_invalid if self.events is not None else None,
+            strict_host_model=hostmodel.apply,
         )
         self.attach.ctx.on_attach.append(self.enforcer.on_attach)
         self.attach.ctx.on_detach.append(self.enforcer.on_detach)
@@ -321,6 +440,8 @@ class AgentRuntime:
             try:
                 if self.attach is not None:
                     self.attach.reconcile()
+                if self.audit is not None:
+                    self.audit.run()
             except Exception:
                 log.exception("periodic reconcile failed")
 
@@ -349,9 +470,24 @@ class AgentRuntime:
                 f"{len(inv.pfs)} PFs, {len(inv.vfs())} VFs, generation {inv.generation}",
             ),
             ("store", self.store is not None, str(self.config.state_dir)),
+            self._vf_health(),
             ("policy", policy_ok, policy_detail),
         ]
         return out
+
+    def _vf_health(self) -> tuple[str, bool, str]:
+        if self.audit is None:
+            return ("vfs", True, "not audited yet")
+        bad = self.audit.unexplained()
+        if not bad:
+            held = len(self.audit.blocked())
+            return ("vfs", True, f"every VF home or attached ({held} held by an admin)")
+        return (
+            "vfs",
+            False,
+            "out of place, not offered to pods until `nicwardenctl reconcile --adopt|--release`: "
+            + "; ".join(str(u) for u in bad),
+        )
 
     def describe(self) -> dict[str, Any]:
         return {

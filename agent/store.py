@@ -8,6 +8,13 @@ we found, so DEL (or a reconcile) can put the device back as it was.
 A database we cannot trust (not sqlite, failing ``quick_check``, or written by
 a newer agent) is refused with :class:`StoreError` and never reset: it may be
 the only record of which VFs sit in which pods.
+
+An empty state is trusted only when the state dir shows no database ever
+existed. A new database is built under a temporary name and renamed into
+place, then a marker file is written beside it; so a zero-byte database, or
+a missing one with the marker or sqlite's WAL/SHM files left behind, means
+state was lost, and is refused like a corrupt one rather than taken as a
+fresh node (which would forget every VF sitting in a pod).
 """
 
 from __future__ import annotations
@@ -26,11 +33,16 @@ from typing import Any, Literal
 from nicwarden.agent.errors import AlreadyExists, Busy, InvalidArgument, NotFound, StoreError
 
 DB_NAME = "nicwarden.db"
+# Written once the first schema is in place: "a database has existed here".
+MARKER_NAME = "nicwarden.db.created"
+_NEW_NAME = ".nicwarden.db.new"
+_LEFTOVER_SUFFIXES = ("-wal", "-shm", "-journal")
 BUSY_TIMEOUT_S = 5.0
 
 IntentState = Literal["pending", "done", "rolled_back"]
 AttachmentKind = Literal["sriov", "dpdk", "chained"]
 AttachmentState = Literal["adding", "ready", "deleting"]
+DraClaimState = Literal["preparing", "prepared", "unpreparing"]
 
 Migration = Callable[[sqlite3.Connection], None]
 
@@ -95,6 +107,35 @@ MIGRATIONS: tuple[Migration, ...] = (
             digest TEXT NOT NULL,
             applied_at REAL NOT NULL)""",
     ),
+    _sql(
+        # The name and ifindex each VF netdev had when last seen home and
+        # unattached: a later name on the same ifindex is a rename nobody
+        # recorded.
+        """CREATE TABLE vf_homes (
+            device TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            ifindex INTEGER NOT NULL,
+            updated REAL NOT NULL)""",
+        # VFs an admin accepted as used outside any attachment.
+        """CREATE TABLE vf_holds (
+            device TEXT PRIMARY KEY,
+            note TEXT NOT NULL,
+            held_at REAL NOT NULL)""",
+    ),
+    _sql(
+        # DRA claims this node prepared: everything Unprepare needs to undo
+        # the work (drivers to restore, the CDI spec to delete), since by
+        # then the ResourceClaim may be gone from the API.
+        """CREATE TABLE dra_claims (
+            uid TEXT PRIMARY KEY,
+            namespace TEXT NOT NULL,
+            name TEXT NOT NULL,
+            devices TEXT NOT NULL,
+            cdi_ids TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('preparing', 'prepared', 'unpreparing')),
+            prepared REAL NOT NULL,
+            updated REAL NOT NULL)""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -152,6 +193,35 @@ class Attachment:
 
 
 @dataclass(frozen=True)
+class VfHome:
+    device: str
+    name: str
+    ifindex: int
+    updated: float
+
+
+@dataclass(frozen=True)
+class VfHold:
+    device: str
+    note: str
+    held_at: float
+
+
+@dataclass(frozen=True)
+class DraClaimRecord:
+    """A DRA claim as this node prepared it (the checkpoint Unprepare uses)."""
+
+    uid: str
+    namespace: str
+    name: str
+    devices: list[dict[str, Any]]  # one entry per allocated device, in answer order
+    cdi_ids: list[str]
+    state: DraClaimState
+    prepared: float
+    updated: float
+
+
+@dataclass(frozen=True)
 class PolicyGeneration:
     iface_key: str
     generation: int
@@ -167,6 +237,7 @@ _INTENT_COLUMNS = "id, kind, target, payload, state, created, updated"
 _ALLOCATION_COLUMNS = (
     "resource, device_id, pod_namespace, pod_name, pod_uid, container, allocated_at"
 )
+_DRA_COLUMNS = "uid, namespace, name, devices, cdi_ids, state, prepared, updated"
 
 
 class Store:
@@ -188,9 +259,19 @@ class Store:
 
     @classmethod
     def open(cls, state_dir: Path, clock: Callable[[], float] = time.time) -> Store:
-        """Open (creating if needed) ``state_dir/nicwarden.db`` and migrate it."""
+        """Open ``state_dir/nicwarden.db`` and migrate it; create it only when
+        the state dir shows none ever existed."""
         path = state_dir / DB_NAME
         _make_state_dir(state_dir)
+        if not path.exists() and not path.is_symlink():
+            _refuse_lost(state_dir, path)
+            _create(state_dir, path)
+        elif path.is_file() and path.stat().st_size == 0:
+            raise StoreError(
+                f"state database {path} is empty (0 bytes): the state it held is lost, and"
+                " starting from nothing would forget every VF attached to a pod; restore a"
+                f" backup, or, on a node with no pods using VFs, remove it and {MARKER_NAME}"
+            )
         conn = _connect(path)
         try:
             _check_readable(conn, path)
@@ -199,6 +280,8 @@ class Store:
         except BaseException:
             conn.close()
             raise
+        # Databases made before the marker existed get it now.
+        _write_marker(state_dir)
         return cls(conn, path, clock)
 
     @property
@@ -580,6 +663,44 @@ class Store:
             cur = self._run("DELETE FROM policy_generations WHERE iface_key = ?", (iface_key,))
         return cur.rowcount > 0
 
+    # -- VF homes and holds ---------------------------------------------------
+
+    def vf_home(self, device: str) -> VfHome | None:
+        row = self._query_one_or_none(
+            "SELECT device, name, ifindex, updated FROM vf_homes WHERE device = ?", (device,)
+        )
+        return None if row is None else VfHome(*row)
+
+    def set_vf_home(self, device: str, name: str, ifindex: int) -> None:
+        with self.transaction():
+            self._run(
+                "INSERT OR REPLACE INTO vf_homes (device, name, ifindex, updated)"
+                " VALUES (?, ?, ?, ?)",
+                (device, name, ifindex, self._clock()),
+            )
+
+    def vf_hold(self, device: str) -> VfHold | None:
+        row = self._query_one_or_none(
+            "SELECT device, note, held_at FROM vf_holds WHERE device = ?", (device,)
+        )
+        return None if row is None else VfHold(*row)
+
+    def vf_holds(self) -> list[VfHold]:
+        rows = self._query("SELECT device, note, held_at FROM vf_holds ORDER BY device")
+        return [VfHold(*row) for row in rows]
+
+    def hold_vf(self, device: str, note: str) -> None:
+        with self.transaction():
+            self._run(
+                "INSERT OR REPLACE INTO vf_holds (device, note, held_at) VALUES (?, ?, ?)",
+                (device, note, self._clock()),
+            )
+
+    def release_vf_hold(self, device: str) -> bool:
+        with self.transaction():
+            cur = self._run("DELETE FROM vf_holds WHERE device = ?", (device,))
+        return cur.rowcount > 0
+
     # -- meta ---------------------------------------------------------------
 
     def get_meta(self, key: str) -> str | None:
@@ -589,6 +710,87 @@ class Store:
     def set_meta(self, key: str, value: str) -> None:
         with self.transaction():
             self._run("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # -- DRA claims -----------------------------------------------------------
+
+    def put_dra_claim(
+        self,
+        uid: str,
+        namespace: str,
+        name: str,
+        devices: Sequence[Mapping[str, Any]],
+        cdi_ids: Sequence[str],
+        state: DraClaimState,
+    ) -> None:
+        """Insert or replace the checkpoint of claim ``uid``; the first
+        write's time is kept as when it was prepared."""
+        now = self._clock()
+        with self.transaction():
+            row = self._query_one_or_none("SELECT prepared FROM dra_claims WHERE uid = ?", (uid,))
+            self._run(
+                "INSERT OR REPLACE INTO dra_claims (uid, namespace, name, devices, cdi_ids,"
+                " state, prepared, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    uid,
+                    namespace,
+                    name,
+                    json.dumps([dict(d) for d in devices], sort_keys=True),
+                    json.dumps(list(cdi_ids)),
+                    state,
+                    now if row is None else row[0],
+                    now,
+                ),
+            )
+
+    def set_dra_claim_state(self, uid: str, state: DraClaimState) -> None:
+        with self.transaction():
+            cur = self._run(
+                "UPDATE dra_claims SET state = ?, updated = ? WHERE uid = ?",
+                (state, self._clock(), uid),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"DRA claim {uid} not found")
+
+    def dra_claim(self, uid: str) -> DraClaimRecord | None:
+        row = self._query_one_or_none(
+            f"SELECT {_DRA_COLUMNS} FROM dra_claims WHERE uid = ?", (uid,)
+        )
+        return None if row is None else self._dra_claim(row)
+
+    def dra_claims(self) -> list[DraClaimRecord]:
+        rows = self._query(f"SELECT {_DRA_COLUMNS} FROM dra_claims ORDER BY namespace, name, uid")
+        return [self._dra_claim(row) for row in rows]
+
+    def delete_dra_claim(self, uid: str) -> bool:
+        """Forget a claim; returns whether it was recorded (unprepare is idempotent)."""
+        with self.transaction():
+            cur = self._run("DELETE FROM dra_claims WHERE uid = ?", (uid,))
+        return cur.rowcount > 0
+
+    def _dra_claim(self, row: Sequence[Any]) -> DraClaimRecord:
+        devices = self._decode_list(row[3], "dra_claims.devices")
+        if not all(isinstance(d, dict) for d in devices):
+            raise self._error("dra_claims.devices holds a non-object entry", None)
+        cdi_ids = self._decode_list(row[4], "dra_claims.cdi_ids")
+        return DraClaimRecord(
+            uid=row[0],
+            namespace=row[1],
+            name=row[2],
+            devices=devices,
+            cdi_ids=[str(c) for c in cdi_ids],
+            state=row[5],
+            prepared=row[6],
+            updated=row[7],
+        )
+
+    def _decode_list(self, text: str, column: str) -> list[Any]:
+        try:
+            value = json.loads(text)
+        except ValueError as e:
+            raise self._error(f"{column} holds invalid JSON", e) from e
+        if not isinstance(value, list):
+            raise self._error(f"{column} holds {type(value).__name__}, not a list", None)
+        return value
 
     # -- plumbing -----------------------------------------------------------
 
@@ -661,6 +863,72 @@ def _make_state_dir(state_dir: Path) -> None:
         raise StoreError(f"state dir {state_dir} is not a directory")
 
 
+def _leftovers(path: Path) -> list[Path]:
+    return [p for p in (Path(f"{path}{s}") for s in _LEFTOVER_SUFFIXES) if p.exists()]
+
+
+def _refuse_lost(state_dir: Path, path: Path) -> None:
+    """A missing database is new only if nothing shows one existed."""
+    signs = _leftovers(path)
+    marker = state_dir / MARKER_NAME
+    if marker.exists():
+        signs.insert(0, marker)
+    if signs:
+        raise StoreError(
+            f"state database {path} is missing but {', '.join(p.name for p in signs)} show it"
+            " existed: the state it held is lost, and starting from nothing would forget every"
+            " VF attached to a pod; restore a backup, or, on a node with no pods using VFs,"
+            " remove those files"
+        )
+
+
+def _create(state_dir: Path, path: Path) -> None:
+    """Build the first schema under a temporary name and rename it into
+    place, so a crash mid-creation never leaves a half-made database that
+    the next start would have to judge."""
+    tmp = state_dir / _NEW_NAME
+    for stale in (tmp, *(Path(f"{tmp}{s}") for s in _LEFTOVER_SUFFIXES)):
+        stale.unlink(missing_ok=True)
+    conn = _connect(tmp)
+    try:
+        _configure(conn, tmp)
+        _migrate(conn, tmp)
+        # Fold the WAL into the file: only the main file is renamed.
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot create state database {path}: {e}") from e
+    finally:
+        conn.close()
+    for stale in (Path(f"{tmp}{s}") for s in _LEFTOVER_SUFFIXES):
+        stale.unlink(missing_ok=True)
+    _fsync(tmp)
+    os.rename(tmp, path)
+    _fsync(state_dir)
+    _write_marker(state_dir)
+
+
+def _write_marker(state_dir: Path) -> None:
+    marker = state_dir / MARKER_NAME
+    if marker.exists():
+        return
+    tmp = state_dir / f".{MARKER_NAME}.tmp"
+    try:
+        tmp.write_text(f"schema {SCHEMA_VERSION} created {time.time():.0f}\n")
+        _fsync(tmp)
+        os.rename(tmp, marker)
+        _fsync(state_dir)
+    except OSError as e:
+        raise StoreError(f"cannot write {marker}: {e.strerror or e}") from e
+
+
+def _fsync(target: Path) -> None:
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     # sqlite silently falls back to read-only on a write-protected file; we
     # would only find out at the first write, on some pod's request path.
@@ -697,9 +965,15 @@ def _configure(conn: sqlite3.Connection, path: Path) -> None:
         # database from a newer agent must be left exactly as we found it.
         _refuse_newer(_user_version(conn), path)
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        # FULL: fsync the WAL on every commit, so a recorded intent survives
-        # power loss (NORMAL would only survive a process crash).
-        conn.execute("PRAGMA synchronous=FULL")
+        # NORMAL: a commit is in the WAL before COMMIT returns, so it
+        # survives the agent being killed at any point, which is what the
+        # record-before-change rule must survive. Only an OS crash or power
+        # loss can drop the last commits, and then the kernel state they
+        # describe is gone too: pod netns, VF placement, driver binding and
+        # numvfs do not outlive a reboot. FULL added an fsync to every
+        # commit: ~25% of the agent's time on the CNI path, and the p99 of a
+        # DRA prepare (docs/design.md, "State and recovery").
+        conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
     except sqlite3.Error as e:

@@ -1,4 +1,4 @@
-"""Executing a delegated CNI plugin (IPAM), per SPEC §4 and contract C60-C63:
+"""Executing a delegated CNI plugin (IPAM), per docs/contracts.md#cni-ipam-delegation:
 same environment with CNI_COMMAND replaced, the complete config on stdin,
 its errors returned to our caller with its code."""
 
@@ -28,7 +28,7 @@ _STDERR_IN_MSG = 500  # bytes of a silent failure's stderr quoted in the error
 def find_plugin(plugin_type: str, cni_path: str) -> str:
     """The executable for ``plugin_type`` in the colon-separated ``cni_path``."""
     if not plugin_type or "/" in plugin_type or plugin_type in (".", ".."):
-        # A type is a file name looked up in CNI_PATH, never a path (C01).
+        # A type is a file name looked up in CNI_PATH, never a path.
         raise CniError(INVALID_CONFIG, f"plugin type {plugin_type!r} is not a plugin name")
     dirs = [d for d in cni_path.split(":") if d]
     if not dirs:
@@ -157,7 +157,7 @@ def ipam_add(
     cni_path: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> Result:
-    """Allocate. The result has no interfaces and no ``ips[].interface`` (C61):
+    """Allocate. The result has no interfaces and no ``ips[].interface``:
     the caller fills the indexes in."""
     plugin_type = _ipam_type(config)
     raw = run_plugin(plugin_type, "ADD", env, config, _cni_path(env, cni_path), timeout)
@@ -212,7 +212,7 @@ def ipam_gc(
     cni_path: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> bool:
-    """Forward GC (C29 says we MUST). Returns False, without running it, when
+    """Forward GC (the SPEC says we MUST; docs/contracts.md#cni-commands). Returns False, without running it, when
     the delegate predates 1.1.0 and so has no GC: such a plugin (host-local
     from plugins 1.1.1, say) answers "unknown CNI_COMMAND" or, lacking
     CNI_CONTAINERID, "missing containerID", and neither is a failure of ours.
@@ -232,7 +232,7 @@ def ipam_status(
     cni_path: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> bool:
-    """Forward STATUS (C28). Returns False when the delegate has no STATUS
+    """Forward STATUS (docs/contracts.md#cni-commands). Returns False when the delegate has no STATUS
     (pre-1.1.0), which the SPEC lets us read as available: a plugin must not
     rely on STATUS being called."""
     plugin_type = _ipam_type(config)

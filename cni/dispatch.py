@@ -28,7 +28,7 @@ FAILURE = 1
 
 class CniBackend(Protocol):
     """What the agent implements to serve CNI. Each method may raise CniError
-    or any agent error (mapped through ERROR_TABLE)."""
+    or any agent error (mapped through cni.errors.CNI_CODES)."""
 
     def add(self, request: CniRequest) -> Result:
         """Attach and return the result; handle() renders it in the request's version."""
@@ -107,7 +107,7 @@ def _dispatch(request: CniRequest, backend: CniBackend) -> tuple[int, bytes]:
 
 
 def _for_command(err: CniError, command: Command) -> CniError:
-    # C28: a failing STATUS means "cannot serve ADD", which the runtime only
+    # A failing STATUS means "cannot serve ADD", which the runtime only
     # understands as 50 or 51, whatever the underlying cause was.
     if command is Command.STATUS and err.code not in (NOT_AVAILABLE, NOT_AVAILABLE_DEGRADED):
         details = f"code {err.code}" + (f": {err.details}" if err.details else "")

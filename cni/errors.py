@@ -1,12 +1,12 @@
-"""CNI error objects (SPEC "Error" section) and their bridge to the agent's
-exception vocabulary (``nicwarden.agent.errors.ERROR_TABLE``)."""
+"""CNI error objects (SPEC "Error" section) and the table that gives each
+agent error kind (``nicwarden.agent.errors``) its CNI code."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from nicwarden.agent.errors import NicwardenError, mapping_for
+from nicwarden.agent.errors import NicwardenError
 
 # Well-known codes (SPEC error tables; 8 and 999 are libcni's, not spec codes).
 INCOMPATIBLE_VERSION = 1
@@ -20,6 +20,35 @@ TRY_AGAIN_LATER = 11
 NOT_AVAILABLE = 50
 NOT_AVAILABLE_DEGRADED = 51
 INTERNAL = 999
+# Plugin-specific codes (100 and up are ours to define).
+ALREADY_EXISTS = 100
+BUSY = 101
+UNSUPPORTED_HERE = 102
+
+# The CNI code of each agent error kind. The SPEC's codes are narrow, so a
+# kind gets one only when the SPEC's wording fits every place it is raised:
+#   3 ("container unknown", so the runtime may skip DEL) is never a kind's
+#     code; only CHECK on an attachment nobody ADDed says it, explicitly.
+#   2 ("unsupported field"; the message names the key and value) only for
+#     unsupported_field. A node that cannot do something (no vfio-pci module,
+#     a PF driver without a VF attribute) is our 102.
+#   not_found is 7: on the CNI path, what is missing is what the network
+#     config names (the deviceID, its PF), so the config is invalid here.
+#   host and store are 5 (I/O failure): a kernel, sysfs or state-file
+#     operation failed.
+CNI_CODES: dict[str, int] = {
+    "invalid_argument": INVALID_CONFIG,
+    "config": INVALID_CONFIG,
+    "not_found": INVALID_CONFIG,
+    "already_exists": ALREADY_EXISTS,
+    "busy": BUSY,
+    "unavailable": TRY_AGAIN_LATER,
+    "unsupported": UNSUPPORTED_HERE,
+    "unsupported_field": UNSUPPORTED_FIELD,
+    "host": IO_FAILURE,
+    "store": IO_FAILURE,
+    "internal": INTERNAL,
+}
 
 
 class CniError(Exception):
@@ -48,6 +77,10 @@ class CniError(Exception):
         return json.dumps(self.to_dict(cni_version))
 
 
+def cni_code(err: NicwardenError) -> int:
+    return CNI_CODES.get(err.kind, INTERNAL)
+
+
 def from_nicwarden_error(err: NicwardenError) -> CniError:
-    """Translate an agent exception through the one shared error table."""
-    return CniError(mapping_for(err).cni_code, err.message, err.details)
+    """Translate an agent exception through :data:`CNI_CODES`."""
+    return CniError(cni_code(err), err.message, err.details)

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import socketserver
+import sys
 import tempfile
 import threading
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from typing import Any
 
 from nicwarden.agent.errors import InvalidArgument
 from nicwarden.agent.sockets import claim
+from nicwarden.cni.errors import INVALID_CONFIG
+from nicwarden.cni.version import CURRENT_VERSION, is_supported
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,9 @@ ReadyCheck = Callable[[], bool]
 CNI_PATH = "/v1/cni"
 READY_PATH = "/v1/ready"
 EXIT_CODE_HEADER = "X-CNI-Exit-Code"
+# The shim names the config's cniVersion here, so that an error given before
+# the body is read (an oversized request) still carries the caller's version.
+VERSION_HEADER = "X-CNI-Version"
 MAX_REQUEST_BYTES = 1 << 20  # a CNI config is a few KiB; a prevResult adds little
 _REQUEST_READ_TIMEOUT = 30.0  # a client that stalls mid-request must not pin a thread
 _SHUTDOWN_POLL = 0.1  # how long stop() may wait for the accept loop to notice
@@ -47,6 +53,17 @@ class _Server(socketserver.ThreadingUnixStreamServer):
         self.max_bytes = max_bytes
         self.bound_inode: tuple[int, int] | None = None
         super().__init__(str(path), _RequestHandler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver's default prints a traceback to stderr. A client that
+        # hung up before reading its answer (a shim killed or timed out after
+        # a DEL) is routine; anything else is logged with its traceback, in
+        # the agent's log format.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (BrokenPipeError, ConnectionResetError)):
+            log.debug("cni endpoint: the client closed before the answer was sent")
+        else:
+            log.exception("cni endpoint: request failed")
 
     def server_bind(self) -> None:
         # bind() creates the socket file with the process umask, and changing
@@ -124,9 +141,16 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
             self._reply(400, b"bad Content-Length\n")
             return None
         if length > self.server.max_bytes:
-            # The body is left unread, so the connection cannot be reused.
+            # The body is left unread, so the connection cannot be reused. The
+            # answer is a CNI error the shim prints as it is: the same config
+            # is refused every time, so it must not read as "try again" (11).
             self.close_connection = True
-            self._reply(413, f"request larger than {self.server.max_bytes} bytes\n".encode())
+            self._reply(
+                413,
+                _oversized(self.headers.get(VERSION_HEADER), length, self.server.max_bytes),
+                {EXIT_CODE_HEADER: "1"},
+                "application/json",
+            )
             return None
         return length
 
@@ -160,6 +184,16 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("cni endpoint: " + format, *args)
+
+
+def _oversized(version: str | None, length: int, limit: int) -> bytes:
+    error = {
+        "cniVersion": version if is_supported(version) else CURRENT_VERSION,
+        "code": INVALID_CONFIG,
+        "msg": f"the CNI request is larger than the {limit} bytes the nicwarden agent accepts",
+        "details": f"the network config and environment came to {length} bytes",
+    }
+    return (json.dumps(error, indent=4) + "\n").encode()
 
 
 def _decode_body(body: bytes) -> tuple[dict[str, str], str]:

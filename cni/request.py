@@ -1,5 +1,5 @@
 """One CNI invocation (environment + stdin config), validated per the rules of
-contracts/cni.md §1 and turned into a typed request."""
+docs/contracts.md#cni-invocation and turned into a typed request."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from nicwarden.agent.pci_address import normalize_pci_address
 from nicwarden.cni.args import CniArgs, parse_cni_args
 from nicwarden.cni.errors import (
     DECODE_FAILURE,
@@ -38,7 +39,7 @@ class Command(StrEnum):
     GC = "GC"
 
 
-# C03 (SPEC 1.1.0 "Input" of each command). CNI_PATH is optional for
+# SPEC 1.1.0 "Input" of each command (docs/contracts.md#cni-invocation). CNI_PATH is optional for
 # ADD/DEL/CHECK in the SPEC even though skel demands it; we need it only to
 # delegate IPAM, and the delegate reports it missing when it matters.
 REQUIRED_ENV: dict[Command, tuple[str, ...]] = {
@@ -50,16 +51,12 @@ REQUIRED_ENV: dict[Command, tuple[str, ...]] = {
     Command.VERSION: (),
 }
 
-# C04: libcni utils.go ValidateContainerID / ValidateNetworkName.
+# libcni utils.go ValidateContainerID / ValidateNetworkName.
 _ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
-IFNAME_MAX = 15  # IFNAMSIZ - 1
-
-# Domains are 4 hex digits on ordinary hosts, but Intel VMD exposes 5+ digit
-# ones ("10000:e0:00.0"), so up to 8 are accepted. Device 00-1f, function 0-7.
-_PCI_RE = re.compile(
-    r"^(?:(?P<domain>[0-9a-fA-F]{4,8}):)?(?P<bus>[0-9a-fA-F]{2}):"
-    r"(?P<device>[01][0-9a-fA-F])\.(?P<function>[0-7])$"
-)
+IFNAME_MAX = 15  # IFNAMSIZ - 1, in bytes
+# Bytes the kernel's isspace() accepts (lib/ctype.c): ASCII space, \t..\r,
+# and 0xA0, which appears inside UTF-8 sequences such as "à" (c3 a0).
+_KERNEL_SPACE = frozenset({0x20, 0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0xA0})
 
 VALID_ATTACHMENTS_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
 
@@ -103,7 +100,7 @@ class CniRequest:
 
     @property
     def attachment_key(self) -> tuple[str, str, str]:
-        """C22: plugins that keep state key it on (network, container, ifname)."""
+        """Plugins that keep state key it on (network, container, ifname)."""
         return (self.network_name, self.container_id, self.ifname)
 
 
@@ -154,7 +151,7 @@ def parse_request(env: Mapping[str, str], stdin: str) -> CniRequest:
     runtime_config = _runtime_config(config)
 
     # A DEL must clean up even for a config that ADD would reject (the runtime
-    # DELs after every failed ADD, C25), so content errors only warn there.
+    # DELs after every failed ADD), so content errors only warn there.
     checks = _Checks(lenient=command is Command.DEL)
     device_id = checks.run(lambda: _device_id(config, runtime_config), None)
     device_info_file = checks.run(lambda: _device_info_file(config, runtime_config), None)
@@ -234,16 +231,33 @@ def _check_container_id(container_id: str) -> None:
         )
 
 
+def ifname_problem(ifname: str) -> str | None:
+    """Why the kernel would refuse or rewrite ``ifname`` (its
+    ``dev_valid_name`` rules plus the ``%d`` template expansion), or None.
+
+    The limit is bytes, not characters: a 16-byte UTF-8 name fails in the
+    kernel with ERANGE after we have already moved the VF. A ``%`` makes the
+    kernel pick a free name from a template (``net%d`` arrives as ``net0``),
+    so nothing would find the VF under the name we asked for."""
+    raw = ifname.encode("utf-8", "surrogateescape")
+    if not raw:
+        return "is empty"
+    if len(raw) > IFNAME_MAX:
+        return (
+            f"is {len(raw)} bytes long; the kernel's limit is {IFNAME_MAX} bytes"
+            " (UTF-8 characters may take several)"
+        )
+    if ifname in (".", ".."):
+        return "is not a valid interface name"
+    if "%" in ifname:
+        return "contains '%', which the kernel would expand as a name template"
+    if any(b in _KERNEL_SPACE or b in (0x2F, 0x3A) for b in raw):
+        return "contains '/', ':' or whitespace"
+    return None
+
+
 def _check_ifname(ifname: str) -> None:
-    problem = None
-    if not ifname:
-        problem = "is empty"
-    elif len(ifname) > IFNAME_MAX:
-        problem = f"is longer than {IFNAME_MAX} characters"
-    elif ifname in (".", ".."):
-        problem = "is not a valid interface name"
-    elif any(c in "/:" or c.isspace() for c in ifname):
-        problem = "contains '/', ':' or whitespace"
+    problem = ifname_problem(ifname)
     if problem:
         raise CniError(INVALID_ENVIRONMENT, f"CNI_IFNAME {ifname!r} {problem}")
 
@@ -305,21 +319,21 @@ def _runtime_config(config: Mapping[str, Any]) -> dict[str, Any]:
     return value
 
 
-def normalize_pci_address(key: str, value: object) -> str:
+def _pci_address(key: str, value: object) -> str:
     """``DDDD:BB:DD.F`` in lower case; a bare ``BB:DD.F`` gets domain 0000."""
-    match = _PCI_RE.fullmatch(value) if isinstance(value, str) else None
-    if not match:
+    address = normalize_pci_address(value)
+    if address is None:
         raise CniError(
             INVALID_CONFIG,
             f"{key}: {json_repr(value)} is not a PCI address (DDDD:BB:DD.F)",
         )
-    domain = match["domain"] or "0000"
-    return f"{domain}:{match['bus']}:{match['device']}.{match['function']}".lower()
+    return address
 
 
 def _device_id(config: Mapping[str, Any], runtime_config: Mapping[str, Any]) -> str | None:
-    # M02/M03: Multus writes top-level deviceID and pciBusID (the same value)
-    # and, only for plugins declaring the capability, runtimeConfig.deviceID.
+    # Multus writes top-level deviceID and pciBusID (the same value)
+    # and, only for plugins declaring the capability, runtimeConfig.deviceID
+    # (docs/contracts.md#multus).
     for label, source, key in (
         ("deviceID", config, "deviceID"),
         ("pciBusID", config, "pciBusID"),
@@ -327,7 +341,7 @@ def _device_id(config: Mapping[str, Any], runtime_config: Mapping[str, Any]) -> 
     ):
         value = source.get(key)
         if value not in (None, ""):
-            return normalize_pci_address(label, value)
+            return _pci_address(label, value)
     return None
 
 
@@ -352,14 +366,14 @@ def _prev_result(
     if raw is None:
         return (None, None)
     try:
-        # C13: prevResult is in the config's cniVersion format.
+        # prevResult is in the config's cniVersion format.
         return (parse_result(raw, version), raw)
     except ResultFormatError as err:
         raise CniError(INVALID_CONFIG, f"prevResult: {err}") from None
 
 
 def _valid_attachments(config: Mapping[str, Any]) -> tuple[Attachment, ...]:
-    # C29: libcni sends both spellings; the SPEC's text names the second.
+    # libcni sends both spellings (docs/contracts.md#cni-commands); the SPEC's text names the second.
     key = next((k for k in VALID_ATTACHMENTS_KEYS if k in config), None)
     if key is None:
         # Without the list every attachment would look stale; refusing is the

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nicwarden.agent.errors import Busy, InvalidArgument
-from nicwarden.agent.health import VfioNode, unhealthy_reason, vfio_node
+from nicwarden.agent.health import VfioNode, vfio_mount
+from nicwarden.agent.host import pci
 from nicwarden.agent.host.paths import HostPaths
 from nicwarden.deviceplugin.devinfo import device_info, write_device_info
 from nicwarden.deviceplugin.naming import (
@@ -45,7 +46,7 @@ class ResolvedDevice:
     vhost_net: bool
 
 
-def resolve(state: PoolState, ids: Sequence[str], paths: HostPaths) -> list[ResolvedDevice]:
+def resolve(state: PoolState, ids: Sequence[str]) -> list[ResolvedDevice]:
     """Check ``ids`` against the pool now; raise naming every bad ID."""
     resource = state.config.resource
     if not ids:
@@ -57,17 +58,17 @@ def resolve(state: PoolState, ids: Sequence[str], paths: HostPaths) -> list[Reso
     out: list[ResolvedDevice] = []
     problems: list[str] = []
     for device_id in unique:
-        dev = state.by_id[device_id].device
-        # Re-checked here rather than trusting the advertised health: the dev
-        # root and the VF's driver can change between ListAndWatch and Allocate.
-        problem = unhealthy_reason(dev.vf, dev.pf, paths, dev.need_vhost_net)
-        node = None
-        if problem is None and dev.vf.fn.is_vfio and dev.vf.fn.iommu_group is not None:
-            node = vfio_node(paths, dev.vf.fn.iommu_group)
-        if problem is not None:
-            problems.append(f"{device_id} ({problem})")
+        # The state is the pool as of the latest snapshot (the caller
+        # re-evaluates when the inventory moved since ListAndWatch), so its
+        # health is current: the snapshot records the dev-root nodes too.
+        status = state.by_id[device_id]
+        if status.problem is not None:
+            problems.append(f"{device_id} ({status.problem})")
             continue
-        out.append(ResolvedDevice(device_id, dev.pf.address, node, dev.need_vhost_net))
+        dev = status.device
+        out.append(
+            ResolvedDevice(device_id, dev.pf.address, vfio_mount(dev.vf), dev.need_vhost_net)
+        )
     if problems:
         raise DeviceUnhealthy(f"{resource}: unhealthy device IDs: {', '.join(problems)}")
     return out
@@ -92,11 +93,12 @@ def container_response(
 
     for d in devices:
         if d.vfio is not None:
-            add(paths.vfio / "vfio", VFIO_CONTAINER_MOUNT)
+            add(pci.vfio_container(paths), VFIO_CONTAINER_MOUNT)
             add(d.vfio.host_path, d.vfio.container_path)
         if d.vhost_net:
-            add(paths.dev / "vhost-net", VHOST_NET)
-            add(paths.dev / "net" / "tun", TUN)
+            vhost, tun = pci.vhost_nodes(paths)
+            add(vhost, VHOST_NET)
+            add(tun, TUN)
     resp.devices.extend(specs.values())
     return resp
 
@@ -110,7 +112,7 @@ def allocate(
     recorder: AllocationRecorder | None = None,
 ) -> api_pb2.AllocateResponse:
     resource = state.config.resource
-    plans = [resolve(state, list(c.devices_ids), paths) for c in request.container_requests]
+    plans = [resolve(state, list(c.devices_ids)) for c in request.container_requests]
     response = api_pb2.AllocateResponse()
     for devices in plans:
         for d in devices:

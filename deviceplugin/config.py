@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from nicwarden.agent.pci_address import normalize_pci_address
+from nicwarden.agent.schema import NO_VALUE, Problem, Problems, dotted
+from nicwarden.agent.vf_ranges import VfRange, parse_vf_ranges
 
 DEFAULT_DEVICE_TYPE = "netDevice"
 
@@ -36,8 +40,6 @@ _NAME_EDGES = re.compile(r"^[a-zA-Z0-9](.*[a-zA-Z0-9])?$")
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS_SUBDOMAIN = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
 _HEX_ID = re.compile(r"^(0x)?[0-9a-f]{1,4}$")
-_PCI_FULL = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
-_PCI_SHORT = re.compile(r"^[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 _IFNAME = re.compile(r"^[^/\s#:]{1,15}$")
 
 _POOL_KEYS = {
@@ -60,14 +62,6 @@ _LIST_SELECTOR_KEYS = (
 )
 _UPSTREAM_ONLY_SELECTOR_KEYS = {"ddpProfiles", "pKeys", "vdpaType", "auxTypes", "acpiIndexes"}
 _UNSUPPORTED_DEVICE_TYPES = {"accelerator", "auxNetDevice", "vfio"}
-
-
-@dataclass(frozen=True)
-class VfRange:
-    """An inclusive range of VF indexes (``virtfnN``)."""
-
-    first: int
-    last: int
 
 
 @dataclass(frozen=True)
@@ -132,18 +126,6 @@ class ParsedConfig:
     errors: tuple[ConfigIssue, ...] = ()
 
 
-@dataclass
-class _Issues:
-    """Collects every problem in one pool so the user sees them all at once."""
-
-    index: int
-    pool: str | None = None
-    found: list[ConfigIssue] = field(default_factory=list)
-
-    def add(self, key: str, value: object, message: str) -> None:
-        self.found.append(ConfigIssue(self.index, self.pool, key, value, message))
-
-
 def parse_resource_list(raw: object, default_prefix: str) -> ParsedConfig:
     """Parse ``resourceList``; invalid pools are reported in ``errors`` and skipped."""
     prefix_problem = validate_prefix(default_prefix)
@@ -158,16 +140,24 @@ def parse_resource_list(raw: object, default_prefix: str) -> ParsedConfig:
     errors: list[ConfigIssue] = []
     seen: set[str] = set()
     for index, entry in enumerate(raw):
-        issues = _Issues(index)
+        # Every problem in one pool is collected, so the user sees them all at once.
+        issues = Problems()
         pool = _parse_pool(entry, default_prefix, issues)
         if pool is not None and pool.name in seen:
-            issues.add("resourceName", pool.name, "duplicate: an earlier pool has this name")
-        if issues.found or pool is None:
-            errors.extend(issues.found)
+            issues.add("resourceName", "duplicate: an earlier pool has this name", pool.name)
+        if issues or pool is None:
+            name = entry.get("resourceName") if isinstance(entry, Mapping) else None
+            errors.extend(_issue(index, name, p) for p in issues)
             continue
         seen.add(pool.name)
         pools.append(pool)
     return ParsedConfig(tuple(pools), tuple(errors))
+
+
+def _issue(index: int, name: object, problem: Problem) -> ConfigIssue:
+    value = None if problem.value is NO_VALUE else problem.value
+    pool = name if isinstance(name, str) else None
+    return ConfigIssue(index, pool, dotted(problem.path), value, problem.reason)
 
 
 def load_resource_list(path: Path) -> object:
@@ -188,105 +178,110 @@ def validate_prefix(prefix: str) -> str | None:
     return None
 
 
-def _parse_pool(entry: object, default_prefix: str, issues: _Issues) -> PoolConfig | None:
+def _parse_pool(entry: object, default_prefix: str, issues: Problems) -> PoolConfig | None:
     if not isinstance(entry, Mapping):
-        issues.add("(pool)", entry, "must be an object")
+        issues.add("(pool)", "must be an object", entry)
         return None
     name = entry.get("resourceName")
-    if isinstance(name, str):
-        issues.pool = name
     if not isinstance(name, str) or not _NAME_CHARS.match(name):
-        issues.add("resourceName", name, "required; letters, digits, '_' and '-' only")
+        issues.add("resourceName", "required; letters, digits, '_' and '-' only", name)
     elif len(name) > 63 or not _NAME_EDGES.match(name):
         issues.add(
             "resourceName",
-            name,
             "must be at most 63 characters and start and end with a letter or digit",
+            name,
         )
     for key in entry:
         if key in _UPSTREAM_ONLY_POOL_KEYS:
-            issues.add(str(key), entry[key], "not supported on this agent")
+            issues.add(str(key), "not supported on this agent", entry[key])
         elif key not in _POOL_KEYS:
-            issues.add(str(key), entry[key], "unknown key")
+            issues.add(str(key), "unknown key", entry[key])
     prefix = entry.get("resourcePrefix", default_prefix)
     if not isinstance(prefix, str):
-        issues.add("resourcePrefix", prefix, "must be a string")
+        issues.add("resourcePrefix", "must be a string", prefix)
     elif problem := validate_prefix(prefix):
-        issues.add("resourcePrefix", prefix, problem)
+        issues.add("resourcePrefix", problem, prefix)
     device_type = entry.get("deviceType", DEFAULT_DEVICE_TYPE)
     if not isinstance(device_type, str):
-        issues.add("deviceType", device_type, "must be a string")
+        issues.add("deviceType", "must be a string", device_type)
     elif device_type in _UNSUPPORTED_DEVICE_TYPES:
-        issues.add("deviceType", device_type, "not supported on this agent (only 'netDevice')")
+        issues.add("deviceType", "not supported on this agent (only 'netDevice')", device_type)
     elif device_type != DEFAULT_DEVICE_TYPE:
-        issues.add("deviceType", device_type, "unknown device type (only 'netDevice')")
+        issues.add("deviceType", "unknown device type (only 'netDevice')", device_type)
     exclude = entry.get("excludeTopology", False)
     if not isinstance(exclude, bool):
-        issues.add("excludeTopology", exclude, "must be true or false")
+        issues.add("excludeTopology", "must be true or false", exclude)
     _reject_rdma(entry, issues)
     selectors = _parse_selectors(entry, issues)
-    if issues.found:
+    if issues:
         return None
     assert isinstance(name, str) and isinstance(prefix, str) and isinstance(exclude, bool)
     return PoolConfig(name, prefix, DEFAULT_DEVICE_TYPE, exclude, selectors)
 
 
-def _reject_rdma(obj: Mapping[Any, Any], issues: _Issues, where: str = "") -> None:
+def _reject_rdma(obj: Mapping[Any, Any], issues: Problems, where: str = "") -> None:
     if "isRdma" not in obj:
         return
     value, key = obj["isRdma"], f"{where}.isRdma" if where else "isRdma"
     if not isinstance(value, bool):
-        issues.add(key, value, "must be true or false")
+        issues.add(key, "must be true or false", value)
     elif value:
-        issues.add(key, value, "RDMA devices are not supported on this agent")
+        issues.add(key, "RDMA devices are not supported on this agent", value)
 
 
-def _parse_selectors(entry: Mapping[Any, Any], issues: _Issues) -> tuple[Selector, ...]:
+def parse_selectors(raw: object, issues: Problems) -> tuple[Selector, ...]:
+    """A ``selectors`` value (list, single object) in the ``resourceList``
+    language, for the other front-ends that choose VFs the same way (DRA).
+    Problems are recorded under ``selectors``; omitted (None) selects every VF."""
+    return _parse_selectors({} if raw is None else {"selectors": raw}, issues)
+
+
+def _parse_selectors(entry: Mapping[Any, Any], issues: Problems) -> tuple[Selector, ...]:
     if "selectors" not in entry:
         return (Selector(),)
     raw = entry["selectors"]
     if isinstance(raw, Mapping):
         return (_parse_selector(raw, "selectors", issues),)
     if not isinstance(raw, list):
-        issues.add("selectors", raw, "must be a list of selector objects (or one object)")
+        issues.add("selectors", "must be a list of selector objects (or one object)", raw)
         return ()
     if not raw:
         issues.add(
-            "selectors", raw, "an empty list selects nothing; omit the key to select every VF"
+            "selectors", "an empty list selects nothing; omit the key to select every VF", raw
         )
         return ()
     out: list[Selector] = []
     for i, item in enumerate(raw):
         key = f"selectors[{i}]"
         if not isinstance(item, Mapping):
-            issues.add(key, item, "must be an object")
+            issues.add(key, "must be an object", item)
             continue
         out.append(_parse_selector(item, key, issues))
     return tuple(out)
 
 
-def _parse_selector(raw: Mapping[Any, Any], where: str, issues: _Issues) -> Selector:
+def _parse_selector(raw: Mapping[Any, Any], where: str, issues: Problems) -> Selector:
     for key in raw:
         if key in _UPSTREAM_ONLY_SELECTOR_KEYS:
-            issues.add(f"{where}.{key}", raw[key], "not supported on this agent")
+            issues.add(f"{where}.{key}", "not supported on this agent", raw[key])
         elif key not in _LIST_SELECTOR_KEYS and key not in ("needVhostNet", "isRdma"):
-            issues.add(f"{where}.{key}", raw[key], "unknown selector key")
+            issues.add(f"{where}.{key}", "unknown selector key", raw[key])
     _reject_rdma(raw, issues, where)
     vhost = raw.get("needVhostNet", False)
     if not isinstance(vhost, bool):
-        issues.add(f"{where}.needVhostNet", vhost, "must be true or false")
+        issues.add(f"{where}.needVhostNet", "must be true or false", vhost)
         vhost = False
 
     def items(key: str, parse: Callable[[object], str | None], what: str) -> list[str]:
         values = raw.get(key, [])
         if not isinstance(values, list):
-            issues.add(f"{where}.{key}", values, "must be a list")
+            issues.add(f"{where}.{key}", "must be a list", values)
             return []
         out: list[str] = []
         for value in values:
             parsed = parse(value)
             if parsed is None:
-                issues.add(f"{where}.{key}", value, what)
+                issues.add(f"{where}.{key}", what, value)
             else:
                 out.append(parsed)
         return out
@@ -298,7 +293,7 @@ def _parse_selector(raw: Mapping[Any, Any], where: str, issues: _Issues) -> Sele
         for text in items(key, _as_text, "must be a non-empty string"):
             ref, problem = parse_device_ref(text, parse_key, what)
             if ref is None:
-                issues.add(f"{where}.{key}", text, problem)
+                issues.add(f"{where}.{key}", problem, text)
             else:
                 out.append(ref)
         return tuple(out)
@@ -333,37 +328,11 @@ def parse_device_ref(
         return None, what
     if not hashed:
         return DeviceRef(key), ""
-    ranges, problem = parse_vf_ranges(range_text)
-    if ranges is None:
-        return None, problem
+    try:
+        ranges = parse_vf_ranges(range_text)
+    except ValueError as e:
+        return None, str(e)
     return DeviceRef(key, ranges), ""
-
-
-def parse_vf_ranges(text: str) -> tuple[tuple[VfRange, ...] | None, str]:
-    """Parse ``0-3,5`` (0-based, inclusive); returns (ranges, "") or (None, reason)."""
-    if not text.strip():
-        return None, "empty VF range after '#'"
-    out: list[VfRange] = []
-    for part in text.split(","):
-        first_text, dash, last_text = part.strip().partition("-")
-        if not first_text.isdigit() or (dash and not last_text.isdigit()):
-            return None, f"VF range {part!r} must be N or N-M with non-negative integers"
-        first = int(first_text)
-        last = int(last_text) if dash else first
-        if first > last:
-            return None, f"VF range {part!r} runs backwards ({first} > {last})"
-        out.append(VfRange(first, last))
-    return tuple(out), ""
-
-
-def normalize_pci_address(value: object) -> str | None:
-    """Full lower-case BDF (``0000:18:02.1``), accepting the short form."""
-    if not isinstance(value, str):
-        return None
-    text = value.strip().lower()
-    if _PCI_SHORT.match(text):
-        text = "0000:" + text
-    return text if _PCI_FULL.match(text) else None
 
 
 def _hex_id(value: object) -> str | None:

@@ -15,18 +15,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 
+from nicwarden.agent.backoff import Backoff, BackoffPolicy
 from nicwarden.agent.errors import NotFound
 from nicwarden.agent.host.paths import HostPaths
-from nicwarden.agent.model import Inventory
+from nicwarden.agent.model import PF, VF, Inventory
 from nicwarden.deviceplugin.config import ConfigIssue, PoolConfig, parse_resource_list
 from nicwarden.deviceplugin.devinfo import DEFAULT_DEVICE_INFO_DIR, remove_device_infos
 from nicwarden.deviceplugin.naming import socket_name
-from nicwarden.deviceplugin.registration import Backoff, Registration, register_request
+from nicwarden.deviceplugin.registration import Registration, register_request
 from nicwarden.deviceplugin.rpc import DEFAULT_KUBELET_DIR, KUBELET_SOCKET_NAME
 from nicwarden.deviceplugin.server import FileIdentity, PoolServer, file_identity
 from nicwarden.deviceplugin.sources import AllocationRecorder, InventorySource
@@ -82,7 +83,9 @@ class DevicePluginManager:
         recorder: AllocationRecorder | None = None,
         poll_interval: float = 0.5,
         register_timeout: float = 3.0,
-        backoff: Backoff | None = None,
+        backoff: BackoffPolicy | None = None,
+        blocked: Callable[[], Mapping[str, str]] | None = None,
+        exclude: Callable[[VF, PF], bool] | None = None,
     ) -> None:
         self._source = source
         self._prefix = resource_prefix
@@ -93,7 +96,12 @@ class DevicePluginManager:
         self._recorder = recorder
         self._poll_interval = poll_interval
         self._register_timeout = register_timeout
-        self._backoff = backoff or Backoff()
+        self._backoff = backoff or BackoffPolicy()
+        # Devices the agent holds back from pods (out of place, unexplained).
+        self._blocked = blocked
+        # VFs another front-end (DRA) offers: never in a pool, so each VF
+        # is offered by exactly one of them.
+        self._exclude = exclude
         self._lock = threading.RLock()
         self._life = threading.RLock()
         self._pools: dict[str, _Pool] = {}
@@ -245,7 +253,24 @@ class DevicePluginManager:
     def _evaluate(self) -> dict[str, PoolState]:
         if self._inventory is None:
             return {c.name: PoolState(c) for c in self._configs}
-        return evaluate(self._inventory, self._configs, self._paths)
+        blocked = self._blocked() if self._blocked is not None else None
+        return evaluate(self._offerable(self._inventory), self._configs, blocked)
+
+    def _offerable(self, inventory: Inventory) -> Inventory:
+        exclude = self._exclude
+        if exclude is None:
+            return inventory
+        pfs = tuple(
+            replace(pf, vfs=tuple(vf for vf in pf.vfs if not exclude(vf, pf)))
+            for pf in inventory.pfs
+        )
+        return replace(inventory, pfs=pfs)
+
+    def refresh(self) -> None:
+        """Re-evaluate health now (the held-back set changed) and tell kubelet."""
+        with self._lock:
+            self._states = self._evaluate()
+            self._push()
 
     def _push(self) -> None:
         with self._lock:
@@ -267,7 +292,7 @@ class DevicePluginManager:
             recorder=self._recorder,
             fresh_state=lambda: self._state_for(config.name),
         )
-        pool = _Pool(server, Registration(self._backoff))
+        pool = _Pool(server, Registration(Backoff(self._backoff)))
         try:
             server.start()
         except (OSError, RuntimeError, ValueError) as err:
@@ -300,11 +325,7 @@ class DevicePluginManager:
             self._stopping.wait(self._poll_interval)
 
     def _watch_once(self) -> None:
-        # Health also depends on the dev root (vfio nodes), which no inventory
-        # event announces; re-evaluating is cheap and pushes only real changes.
         with self._lock:
-            self._states = self._evaluate()
-            self._push()
             pools = list(self._pools.values())
         kubelet = file_identity(self._kubelet_socket)
         for pool in pools:

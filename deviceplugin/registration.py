@@ -14,17 +14,12 @@ from pathlib import Path
 
 import grpc
 
+from nicwarden.agent.backoff import Backoff
 from nicwarden.deviceplugin.rpc import API_VERSION, register
 from nicwarden.deviceplugin.server import FileIdentity
 from nicwarden.proto.deviceplugin.v1beta1 import api_pb2
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Backoff:
-    initial: float = 0.5
-    maximum: float = 30.0
 
 
 def register_request(resource: str, endpoint: str) -> api_pb2.RegisterRequest:
@@ -42,12 +37,15 @@ def register_request(resource: str, endpoint: str) -> api_pb2.RegisterRequest:
 class Registration:
     """One pool's standing with kubelet."""
 
-    backoff: Backoff
+    backoff: Backoff  # this pool's own: one refused pool must not slow the others
     registered: bool = False
     last_error: str | None = None
-    failures: int = 0
     next_attempt: float = 0.0  # monotonic time; 0 = now
     kubelet_identity: FileIdentity | None = None  # kubelet.sock at the last attempt
+
+    @property
+    def failures(self) -> int:
+        return self.backoff.failures
 
     def due(self, now: float) -> bool:
         return not self.registered and now >= self.next_attempt
@@ -55,7 +53,7 @@ class Registration:
     def reset(self) -> None:
         """Kubelet (or our socket) was replaced: register again, right away."""
         self.registered = False
-        self.failures = 0
+        self.backoff.reset()
         self.next_attempt = 0.0
 
     def attempt(
@@ -87,15 +85,14 @@ class Registration:
             return False
         self.registered = True
         self.last_error = None
-        self.failures = 0
+        self.backoff.reset()
         log.info(
             "registered %s with kubelet (endpoint %s)", request.resource_name, request.endpoint
         )
         return True
 
     def _failed(self, now: float, message: str) -> None:
-        delay = min(self.backoff.maximum, self.backoff.initial * 2**self.failures)
-        self.failures += 1
+        delay = self.backoff.next_delay()
         self.registered = False
         self.last_error = message
         self.next_attempt = now + delay

@@ -19,7 +19,8 @@ from typing import TypeVar
 
 import grpc
 
-from nicwarden.agent.errors import NicwardenError, mapping_for
+from nicwarden.agent.api_status import grpc_code
+from nicwarden.agent.errors import NicwardenError
 from nicwarden.agent.host.paths import HostPaths
 from nicwarden.deviceplugin.allocate import allocate
 from nicwarden.deviceplugin.naming import socket_name
@@ -261,12 +262,12 @@ class PoolServer:
 
 
 def _translate_errors(context: grpc.ServicerContext, method: str, call: Callable[[], R]) -> R:
-    """Our exceptions become the gRPC status the shared error table names."""
+    """Our exceptions become the gRPC status agent/api_status.py names for their kind."""
     try:
         return call()
     except NicwardenError as err:
         log.warning("%s refused: %s", method, err)
-        context.abort(mapping_for(err).grpc_code, str(err))
+        context.abort(grpc_code(err), str(err))
     except Exception as err:
         log.exception("%s failed", method)
         context.abort(grpc.StatusCode.INTERNAL, f"{method}: {err}")

@@ -7,23 +7,12 @@ them with small in-memory objects.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol
 
-from nicwarden.agent.model import Inventory
+# Declared beside the Inventory it describes; re-exported for the plugin's modules.
+from nicwarden.agent.model import InventorySource
 
-
-class InventorySource(Protocol):
-    """Publishes immutable inventory snapshots."""
-
-    def snapshot(self) -> Inventory:
-        """The latest snapshot."""
-        ...
-
-    def subscribe(self, callback: Callable[[Inventory], None]) -> Callable[[], None]:
-        """Call ``callback`` with each new snapshot (VF added/removed, driver
-        change, link up/down, device gone); returns the unsubscribe function."""
-        ...
+__all__ = ["AllocationRecorder", "InventorySource"]
 
 
 class AllocationRecorder(Protocol):

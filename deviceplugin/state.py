@@ -3,12 +3,11 @@ and what Allocate checks requests against."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
 from nicwarden.agent.health import HEALTHY, UNHEALTHY, unhealthy_reason
-from nicwarden.agent.host.paths import HostPaths
 from nicwarden.agent.model import Inventory
 from nicwarden.deviceplugin.config import PoolConfig
 from nicwarden.deviceplugin.pools import PoolDevice, build_pools
@@ -61,14 +60,23 @@ class PoolState:
 
 
 def evaluate(
-    inventory: Inventory, configs: Sequence[PoolConfig], paths: HostPaths
+    inventory: Inventory,
+    configs: Sequence[PoolConfig],
+    blocked: Mapping[str, str] | None = None,
 ) -> dict[str, PoolState]:
-    """Pools and health for one snapshot (health also reads the dev root)."""
+    """Pools and health for one snapshot (which records the dev-root nodes).
+    ``blocked``: devices the agent holds back from pods, and why."""
+    held = blocked or {}
     by_name = {c.name: c for c in configs}
     out: dict[str, PoolState] = {}
     for name, devices in build_pools(inventory, configs).items():
         statuses = tuple(
-            DeviceStatus(d, unhealthy_reason(d.vf, d.pf, paths, d.need_vhost_net)) for d in devices
+            DeviceStatus(
+                d,
+                held.get(d.address)
+                or unhealthy_reason(d.vf, d.pf, d.need_vhost_net, inventory.missing_dev_nodes),
+            )
+            for d in devices
         )
         out[name] = PoolState(by_name[name], statuses)
     return out

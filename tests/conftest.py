@@ -4,13 +4,13 @@ own uniquely named network namespaces, removed even when the test fails."""
 from __future__ import annotations
 
 import os
-import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from nicwarden.agent.sim import SimulatedNode, parse_spec
+from tests.support.oracle import host_links, run, unique  # noqa: F401  (re-exported for tests)
 
 IS_ROOT = os.geteuid() == 0
 
@@ -22,23 +22,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "root" in item.keywords:
             item.add_marker(skip)
-
-
-def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run an independent oracle command (ip, tc, bpftool, ping) and capture it."""
-    return subprocess.run(cmd, check=check, capture_output=True, text=True)
-
-
-def unique(prefix: str) -> str:
-    """A short unique name (interface names are limited to 15 characters)."""
-    return f"{prefix}{uuid.uuid4().hex[:8]}"
-
-
-def host_links(prefix: str) -> set[str]:
-    """Names of host-netns links starting with ``prefix`` (oracle: ip)."""
-    out = run("ip", "-o", "link", "show").stdout
-    names = {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
-    return {n for n in names if n.startswith(prefix)}
 
 
 @pytest.fixture

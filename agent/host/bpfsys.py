@@ -2,7 +2,12 @@
 
 bcc compiles the policy program; everything after that goes straight to the
 syscall, so that adopting a pinned datapath needs neither clang nor bcc
-state. Used only by ``agent/host/bpf.py``.
+state. Used by the ``agent/host/bpf*.py`` modules through the public names
+below; syscall numbers and attribute layouts stay private here.
+
+Failures surface as ``OSError`` carrying the kernel's errno, except
+"no such key" on lookups and deletes, which is an answer (``None``/``False``);
+callers name errors through ``agent/host/errnos.py``.
 """
 
 from __future__ import annotations
@@ -39,10 +44,6 @@ _BPF_FUNC_TAIL_CALL = 12
 _BPF_PSEUDO_MAP_FD = 1
 _TC_ACT_SHOT = 2
 _SKB_CB_OFFSET = 48  # offsetof(struct __sk_buff, cb[0]) (uapi, stable)
-_TC_H_INGRESS = 0xFFFFFFF2  # clsact's ingress and egress hooks
-_TC_H_EGRESS = 0xFFFFFFF3
-_SO_NETNS_COOKIE = 71
-_CLONE_NEWNET = 0x40000000
 
 _libc = ct.CDLL(None, use_errno=True)
 _libc.syscall.restype = ct.c_long
@@ -81,7 +82,7 @@ class _InfoAttr(ct.Structure):
     _fields_ = [("bpf_fd", ct.c_uint32), ("info_len", ct.c_uint32), ("info", ct.c_uint64)]
 
 
-class _MapInfo(ct.Structure):
+class MapInfo(ct.Structure):
     _fields_ = [
         ("type", ct.c_uint32),
         ("id", ct.c_uint32),
@@ -93,7 +94,7 @@ class _MapInfo(ct.Structure):
     ]
 
 
-class _ProgInfo(ct.Structure):
+class ProgInfo(ct.Structure):
     _fields_ = [
         ("type", ct.c_uint32),
         ("id", ct.c_uint32),
@@ -109,18 +110,18 @@ def _sys_bpf(cmd: int, attr: ct.Structure) -> int:
     return ret
 
 
-def _obj_get(path: Path) -> int:
+def obj_get(path: Path) -> int:
     raw = ct.create_string_buffer(os.fsencode(path))
     return _sys_bpf(_BPF_OBJ_GET, _ObjAttr(pathname=ct.addressof(raw)))
 
 
-def _obj_pin(fd: int, path: Path) -> None:
+def obj_pin(fd: int, path: Path) -> None:
     raw = ct.create_string_buffer(os.fsencode(path))
     _sys_bpf(_BPF_OBJ_PIN, _ObjAttr(pathname=ct.addressof(raw), bpf_fd=fd))
 
 
-def _map_info(fd: int) -> _MapInfo:
-    info = _MapInfo()
+def map_info(fd: int) -> MapInfo:
+    info = MapInfo()
     _sys_bpf(
         _BPF_OBJ_GET_INFO_BY_FD,
         _InfoAttr(bpf_fd=fd, info_len=ct.sizeof(info), info=ct.addressof(info)),
@@ -128,8 +129,8 @@ def _map_info(fd: int) -> _MapInfo:
     return info
 
 
-def _prog_info(fd: int) -> _ProgInfo:
-    info = _ProgInfo()
+def prog_info(fd: int) -> ProgInfo:
+    info = ProgInfo()
     _sys_bpf(
         _BPF_OBJ_GET_INFO_BY_FD,
         _InfoAttr(bpf_fd=fd, info_len=ct.sizeof(info), info=ct.addressof(info)),
@@ -137,7 +138,7 @@ def _prog_info(fd: int) -> _ProgInfo:
     return info
 
 
-def _possible_cpus() -> int:
+def possible_cpus() -> int:
     """Per-CPU map values carry one slot per *possible* CPU (not online)."""
     text = Path("/sys/devices/system/cpu/possible").read_text().strip()
     count = 0
@@ -151,7 +152,7 @@ K = TypeVar("K", bound=ct.Structure)
 V = TypeVar("V", bound=ct.Structure)
 
 
-class _Map(Generic[K, V]):
+class Map(Generic[K, V]):
     """A pinned map opened by fd, with ctypes keys and values."""
 
     def __init__(
@@ -246,11 +247,11 @@ class _Map(Generic[K, V]):
             os.close(self.fd)
 
 
-class _U32(ct.Structure):
+class U32(ct.Structure):
     _fields_ = [("v", ct.c_uint32)]
 
 
-class _U64(ct.Structure):
+class U64(ct.Structure):
     _fields_ = [("v", ct.c_uint64)]
 
 
@@ -286,12 +287,14 @@ def trampoline_insns(iface_id: int, direction: Direction, progs_fd: int) -> byte
     )
 
 
-def _load_trampoline(iface_id: int, direction: Direction, progs_fd: int) -> int:
-    code = trampoline_insns(iface_id, direction, progs_fd)
+def load_sched_cls(code: bytes, name: str) -> int:
+    """Load a tc (``SCHED_CLS``) program from raw instructions; returns its fd.
+    A verifier refusal is a HostError carrying the verifier's log."""
+    if not code or len(code) % 8:
+        raise InvalidArgument(f"program {name}: {len(code)} bytes is not whole instructions")
     insns = ct.create_string_buffer(code, len(code))
     lic = ct.create_string_buffer(b"GPL")
     logbuf = ct.create_string_buffer(4096)
-    name = f"nw_{iface_id:x}_{'i' if direction is Direction.INGRESS else 'e'}".encode()
     attr = _ProgLoadAttr(
         prog_type=_BPF_PROG_TYPE_SCHED_CLS,
         insn_cnt=len(code) // 8,
@@ -300,12 +303,18 @@ def _load_trampoline(iface_id: int, direction: Direction, progs_fd: int) -> int:
         log_level=1,
         log_size=len(logbuf),
         log_buf=ct.addressof(logbuf),
-        prog_name=name,
+        prog_name=name.encode()[:15],
     )
     try:
         return _sys_bpf(_BPF_PROG_LOAD, attr)
     except OSError as e:
         raise HostError(
-            f"loading the trampoline for interface {iface_id} failed: {e.strerror}",
+            f"loading program {name} failed: {e.strerror}",
             logbuf.value.decode(errors="replace"),
         ) from e
+
+
+def load_trampoline(iface_id: int, direction: Direction, progs_fd: int) -> int:
+    code = trampoline_insns(iface_id, direction, progs_fd)
+    name = f"nw_{iface_id:x}_{'i' if direction is Direction.INGRESS else 'e'}"
+    return load_sched_cls(code, name)

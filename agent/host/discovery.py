@@ -4,14 +4,19 @@ A PF is a network-class PCI function with ``sriov_totalvfs``; its VFs are its
 ``virtfnN`` links. Netdev details are read through the device's ``net/``
 directory, which (as in the real kernel, whose sysfs is netns-tagged) lists
 only netdevs in the host netns: a VF moved into a pod shows no netdev here.
+
+The snapshot also records the dev-root nodes health depends on (a vfio VF's
+group node, vhost-net and tun), so its readers never look under /dev.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
+from nicwarden.agent.host import pci
 from nicwarden.agent.host.paths import HostPaths
 from nicwarden.agent.host.sysfs import link_name, read_attr, read_int
 from nicwarden.agent.model import PF, VF, Inventory, NetdevState, PciFunction
@@ -88,6 +93,34 @@ def read_function(paths: HostPaths, address: str) -> PciFunction:
     )
 
 
+def read_function_if_present(paths: HostPaths, address: str) -> PciFunction | None:
+    """The function as sysfs shows it now, or None when it is gone."""
+    if not pci.device_exists(paths, address):
+        forget(os.path.join(paths.pci_devices, address))
+        return None
+    return read_function(paths, address)
+
+
+def host_netdev(paths: HostPaths, address: str) -> NetdevState | None:
+    """The function's netdev when it is in the host netns."""
+    return read_netdev(paths.pci_devices / address)
+
+
+def with_vfio_node(paths: HostPaths, vf: VF) -> VF:
+    """``vf`` with its vfio group node as the dev root has it now."""
+    group = vf.fn.iommu_group
+    node = pci.vfio_node(paths, group) if vf.fn.is_vfio and group is not None else None
+    return replace(vf, vfio_node=str(node) if node is not None else None)
+
+
+def with_dev_nodes(paths: HostPaths, inventory: Inventory) -> Inventory:
+    """The snapshot with the dev-root facts health needs filled in."""
+    pfs = tuple(
+        replace(pf, vfs=tuple(with_vfio_node(paths, vf) for vf in pf.vfs)) for pf in inventory.pfs
+    )
+    return replace(inventory, pfs=pfs, missing_dev_nodes=pci.missing_vhost_nodes(paths))
+
+
 def _virtfns(pf_dir: Path) -> list[tuple[int, str]]:
     out = []
     try:
@@ -130,7 +163,9 @@ def scan(paths: HostPaths, generation: int = 0) -> Inventory:
             if not (paths.pci_devices / vf_addr).exists():
                 forget(os.path.join(paths.pci_devices, vf_addr))
                 continue
-            vfs.append(VF(read_function(paths, vf_addr), address, pf_name, index))
+            vfs.append(
+                with_vfio_node(paths, VF(read_function(paths, vf_addr), address, pf_name, index))
+            )
         pfs.append(
             PF(
                 fn=pf_fn,
@@ -139,4 +174,4 @@ def scan(paths: HostPaths, generation: int = 0) -> Inventory:
                 vfs=tuple(vfs),
             )
         )
-    return Inventory(tuple(pfs), generation)
+    return Inventory(tuple(pfs), generation, pci.missing_vhost_nodes(paths))

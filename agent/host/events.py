@@ -49,7 +49,9 @@ class _Loop:
 
 
 class UdevMonitor(_Loop):
-    SUBSYSTEMS = ("net", "pci")
+    # "vfio": udev creates /dev/vfio/<group> after a vfio-pci bind, and
+    # health reads that node from the inventory.
+    SUBSYSTEMS = ("net", "pci", "vfio")
 
     def __init__(self, callback: EventCallback) -> None:
         super().__init__("udev-monitor")

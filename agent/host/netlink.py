@@ -1,14 +1,12 @@
-"""Netlink access (pyroute2): links, netns moves, addresses, routes.
+"""Netlink access (pyroute2): links, netns moves, addresses, routes, tc.
 
-The only module that imports pyroute2's IPRoute/NetNS. Raw errnos are turned
-into the agent's named errors here, and deleting what is already gone succeeds
-(neutron's ip_lib lesson: idempotent cleanup paths).
+The only module that imports pyroute2's IPRoute. Raw errnos become the
+agent's named errors through ``errnos``, and deleting what is already gone
+succeeds (neutron's ip_lib lesson: idempotent cleanup paths).
 """
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import ipaddress
 import os
 from collections.abc import Iterator
@@ -19,14 +17,8 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from nicwarden.agent.errors import (
-    AlreadyExists,
-    Busy,
-    HostError,
-    NicwardenError,
-    NotFound,
-    Unsupported,
-)
+from nicwarden.agent.errors import NicwardenError, NotFound
+from nicwarden.agent.host import errnos, netns
 
 ARPHRD_NAMES = {1: "ether", 32: "infiniband", 772: "loopback"}
 
@@ -45,6 +37,7 @@ class LinkInfo:
     alias: str
     altnames: tuple[str, ...] = ()
     master: int = 0
+    parent: str = ""  # the parent device (a PCI address for a NIC function), if any
 
 
 @dataclass(frozen=True)
@@ -65,20 +58,22 @@ class Route:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
-def translate(err: NetlinkError, what: str) -> NicwardenError:
+def netlink_error(
+    err: NetlinkError, what: str, overrides: errnos.Overrides | None = None
+) -> NicwardenError:
     """Name a netlink errno so it can cross gRPC and the CNI shim intact."""
-    code = err.code
-    reason = os.strerror(code) if code else str(err)
-    msg = f"{what}: {reason}"
-    if code in (errno.ENODEV, errno.ENOENT, errno.ESRCH):
-        return NotFound(msg)
-    if code == errno.EEXIST:
-        return AlreadyExists(msg)
-    if code == errno.EBUSY:
-        return Busy(msg)
-    if code in (errno.EOPNOTSUPP, errno.ENOTSUP):
-        return Unsupported(msg)
-    return HostError(msg)
+    return errnos.named(int(err.code or 0), what, overrides)
+
+
+def open_iproute(target: str | None) -> IPRoute:
+    """An IPRoute bound to ``target``'s netns (path or name; None: the host's).
+
+    Use it from the thread that opened it: pyroute2 0.9 keeps a socket per
+    thread, and another thread's socket would be opened in that thread's netns.
+    """
+    if target is None:
+        return IPRoute()
+    return netns.run_in(target, IPRoute)
 
 
 def _link_info(msg: Any) -> LinkInfo:
@@ -102,6 +97,7 @@ def _link_info(msg: Any) -> LinkInfo:
         alias=str(msg.get_attr("IFLA_IFALIAS") or ""),
         altnames=altnames,
         master=int(msg.get_attr("IFLA_MASTER") or 0),
+        parent=str(msg.get_attr("IFLA_PARENT_DEV_NAME") or ""),
     )
 
 
@@ -121,7 +117,9 @@ class Netlink:
         return f"Netlink(netns={self.netns!r})"
 
     def __enter__(self) -> Netlink:
-        """Hold one socket for a burst of calls (an ADD makes a dozen)."""
+        """Hold one socket for a burst of calls (an ADD makes a dozen), on
+        this thread only: pyroute2 keeps a socket per thread, and another
+        thread would get one in its own netns (see ``netns``)."""
         self._held = self._open()
         return self
 
@@ -142,24 +140,17 @@ class Netlink:
             sock.close()
 
     def _open(self) -> Any:
-        if self.netns is None:
-            return IPRoute()
-        else:
-            # A netlink socket belongs to the netns its creating thread was in,
-            # so enter the target briefly on this thread. pyroute2's NetNS
-            # costs ~13 ms per open (a helper process); this costs ~1 ms.
-            with _entered(self.netns):
-                sock = IPRoute()
-        return sock
+        # pyroute2's NetNS would spawn a helper process (~13 ms per open).
+        return open_iproute(self.netns)
 
     def _get(self, sock: Any, name: str) -> Any | None:
         # One RTM_GETLINK by name; link_lookup() dumps every link instead.
         try:
             msgs = sock.link("get", ifname=name)
         except NetlinkError as e:
-            if e.code in (errno.ENODEV, errno.ENOENT):
+            if errnos.is_gone(e.code):
                 return None
-            raise translate(e, f"get link {name}") from e
+            raise netlink_error(e, f"get link {name}") from e
         return msgs[0] if msgs else None
 
     def _index(self, sock: Any, name: str) -> int:
@@ -213,18 +204,27 @@ class Netlink:
 
     # -- writes --------------------------------------------------------------
 
-    def _do(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def _do(
+        self,
+        what: str,
+        fn: Any,
+        *args: Any,
+        overrides: errnos.Overrides | None = None,
+        **kwargs: Any,
+    ) -> Any:
         try:
             return fn(*args, **kwargs)
         except NetlinkError as e:
-            raise translate(e, what) from e
+            raise netlink_error(e, what, overrides) from e
 
     def create_veth(self, name: str, peer: str, mac: str | None = None) -> None:
         with self._sock() as s:
             kwargs: dict[str, Any] = {"ifname": name, "kind": "veth", "peer": {"ifname": peer}}
             if mac:
                 kwargs["address"] = mac
-            self._do(f"create veth {name}/{peer}", s.link, "add", **kwargs)
+            self._do(
+                f"create veth {name}/{peer}", s.link, "add", overrides=errnos.LINK_SET, **kwargs
+            )
 
     def create_bridge(self, name: str) -> None:
         with self._sock() as s:
@@ -239,9 +239,9 @@ class Netlink:
             try:
                 s.link("del", index=msg["index"])
             except NetlinkError as e:
-                if e.code == errno.ENODEV:
+                if errnos.is_gone(e.code):
                     return False
-                raise translate(e, f"delete link {name}") from e
+                raise netlink_error(e, f"delete link {name}") from e
             return True
 
     def set_link(
@@ -272,13 +272,27 @@ class Netlink:
                 # The kernel refuses to rename an up device: down first, then
                 # rename with everything else, then the requested state.
                 self._do(f"set {name} down", s.link, "set", index=idx, state="down")
-                self._do(f"set link {name} {sorted(kwargs)}", s.link, "set", index=idx, **kwargs)
+                self._do(
+                    f"set link {name} {sorted(kwargs)}",
+                    s.link,
+                    "set",
+                    index=idx,
+                    overrides=errnos.LINK_SET,
+                    **kwargs,
+                )
                 kwargs = {}
             if up is not None:
                 kwargs["state"] = "up" if up else "down"
             if kwargs:
                 # One message: each round trip costs ~2 ms on the pod path.
-                self._do(f"set link {name} {sorted(kwargs)}", s.link, "set", index=idx, **kwargs)
+                self._do(
+                    f"set link {name} {sorted(kwargs)}",
+                    s.link,
+                    "set",
+                    index=idx,
+                    overrides=errnos.LINK_SET,
+                    **kwargs,
+                )
 
     def drop_altnames(self, name: str) -> list[str]:
         """Remove alternative names: stale ones would collide in the target netns."""
@@ -301,7 +315,7 @@ class Netlink:
                 # Renamed in the same message: the kernel closes the device for
                 # the move and names it on arrival, so no separate "down".
                 kwargs["ifname"] = new_name
-            fd = _open_netns(target)
+            fd = netns.open_fd(target)
             try:
                 self._do(
                     f"move {name} to {target or 'host netns'}",
@@ -335,51 +349,30 @@ class Netlink:
                 kwargs["gateway"] = gateway
             self._do(f"add route {dst} via {gateway} dev {name}", s.route, "add", **kwargs)
 
+    def delete_address(self, name: str, cidr: str) -> bool:
+        """Remove ``cidr`` from ``name``; False when it was not there."""
+        iface = ipaddress.ip_interface(cidr)
+        with self._sock() as s:
+            idx = self._index(s, name)
+            try:
+                s.addr("del", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            except NetlinkError as e:
+                if errnos.is_gone(e.code, errnos.ADDR_DELETE):
+                    return False
+                raise netlink_error(e, f"delete address {cidr} from {name}") from e
+            return True
 
-_libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
-
-
-def _setns(fd: int, what: str) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise HostError(f"cannot enter network namespace {what}: {os.strerror(err)}")
-
-
-@contextmanager
-def _entered(target: str) -> Iterator[None]:
-    """Run the body with this thread in ``target``'s netns, then come back."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        fd = _open_netns(target)
-        try:
-            _setns(fd, target)
-        finally:
-            os.close(fd)
-        try:
-            yield
-        finally:
-            # Failing to return would leave a worker thread in a pod's netns.
-            _setns(home, "of the agent")
-    finally:
-        os.close(home)
-
-
-def _open_netns(target: str | None) -> int:
-    if target is None:
-        # The agent runs in the host netns (hostNetwork in a DaemonSet).
-        path = "/proc/self/ns/net"
-    elif "/" in target:
-        path = target
-    else:
-        path = f"/var/run/netns/{target}"
-    try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError as e:
-        raise NotFound(f"network namespace {path} does not exist") from e
-    except OSError as e:
-        raise HostError(f"cannot open network namespace {path}: {e.strerror}") from e
-
-
-def netns_exists(path: str) -> bool:
-    return os.path.exists(path if "/" in path else f"/var/run/netns/{path}")
+    def delete_route(self, dst: str, gateway: str | None, name: str) -> bool:
+        """Remove the route ``dst`` via ``name``; False when it was not there."""
+        with self._sock() as s:
+            idx = self._index(s, name)
+            kwargs: dict[str, Any] = {"dst": dst, "oif": idx}
+            if gateway:
+                kwargs["gateway"] = gateway
+            try:
+                s.route("del", **kwargs)
+            except NetlinkError as e:
+                if errnos.is_gone(e.code):
+                    return False
+                raise netlink_error(e, f"delete route {dst} dev {name}") from e
+            return True

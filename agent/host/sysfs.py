@@ -13,8 +13,13 @@ import os
 from pathlib import Path
 from typing import Protocol
 
-from nicwarden.agent.errors import Busy, HostError, InvalidArgument, NotFound, Unsupported
+from nicwarden.agent.errors import NicwardenError, NotFound
+from nicwarden.agent.host import errnos
 from nicwarden.agent.host.paths import HostPaths
+
+# A read failing with these means "no such attribute on this device": gone
+# devices answer ENODEV/ENXIO, write-only or driver-less attributes EINVAL.
+_ABSENT = frozenset({errno.ENOENT, errno.ENODEV, errno.ENXIO, errno.EINVAL, errno.ENOTDIR})
 
 
 def read_attr(path: Path | str) -> str | None:
@@ -24,21 +29,17 @@ def read_attr(path: Path | str) -> str | None:
     pathlib's per-call overhead tripled scan time."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
     except OSError as e:
-        if e.errno in (errno.ENODEV, errno.ENXIO, errno.EINVAL, errno.ENOTDIR):
+        if e.errno in _ABSENT:
             return None
-        raise HostError(f"cannot read {path}: {e.strerror}") from e
+        raise errnos.from_oserror(e, f"read {path}") from e
     try:
         return os.read(fd, 4096).decode(errors="replace").strip()
-    except FileNotFoundError:
-        return None
     except OSError as e:
         # Some attributes exist but refuse reads (ENODEV for gone devices).
-        if e.errno in (errno.ENODEV, errno.ENXIO, errno.EINVAL):
+        if e.errno in _ABSENT:
             return None
-        raise HostError(f"cannot read {path}: {e.strerror}") from e
+        raise errnos.from_oserror(e, f"read {path}") from e
     finally:
         os.close(fd)
 
@@ -62,20 +63,16 @@ def link_name(path: Path | str) -> str | None:
     except OSError as e:
         if e.errno == errno.EINVAL:  # not a symlink
             return None
-        raise HostError(f"cannot read link {path}: {e.strerror}") from e
+        raise errnos.from_oserror(e, f"read link {path}") from e
 
 
-def translate_write_error(e: OSError, path: Path, value: str) -> Exception:
-    what = f"write {value!r} to {path}: {e.strerror or e}"
-    if e.errno in (errno.ENOENT, errno.ENODEV):
-        return NotFound(what)
-    if e.errno == errno.EBUSY:
-        return Busy(what)
-    if e.errno in (errno.EINVAL, errno.ERANGE):
-        return InvalidArgument(what)
-    if e.errno in (errno.EOPNOTSUPP, errno.ENOTSUP):
-        return Unsupported(what)
-    return HostError(what)
+def translate_write_error(
+    e: OSError, path: Path, value: str, overrides: errnos.Overrides = errnos.SYSFS_WRITE
+) -> NicwardenError:
+    """A failed attribute write, named: the value is the user's, so the
+    kernel's EINVAL/ERANGE is ``InvalidArgument`` (``errnos.SYSFS_WRITE``);
+    a recipe whose attribute means more passes its own overrides."""
+    return errnos.from_oserror(e, f"write {value!r} to {path}", overrides)
 
 
 class SysfsWriter(Protocol):

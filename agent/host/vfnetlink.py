@@ -16,7 +16,6 @@ integers are host-endian; only ``vlan_proto`` is big-endian (``__be16``).
 from __future__ import annotations
 
 import contextlib
-import errno
 import itertools
 import os
 import re
@@ -27,7 +26,6 @@ from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 from nicwarden.agent.errors import (
-    Busy,
     HostError,
     InvalidArgument,
     NicwardenError,
@@ -35,6 +33,7 @@ from nicwarden.agent.errors import (
     Unavailable,
     Unsupported,
 )
+from nicwarden.agent.host import errnos
 
 # -- uapi constants -----------------------------------------------------------
 
@@ -390,19 +389,8 @@ def netlink_request(message: bytes, timeout_s: float = 5.0) -> list[NetlinkMessa
 
 
 def translate(err: NetlinkFailure, what: str) -> NicwardenError:
-    detail = err.text
-    if err.code == errno.EPROTONOSUPPORT:
-        # Drivers without 802.1ad VF tagging (i40e, for one) answer this.
-        return Unsupported(f"{what}: the PF driver does not support this VLAN protocol", detail)
-    if err.code in (errno.EOPNOTSUPP, errno.ENOTSUP):
-        return Unsupported(f"{what}: the PF driver does not support this VF attribute", detail)
-    if err.code in (errno.ENODEV, errno.ENOENT):
-        return NotFound(f"{what}: no such device", detail)
-    if err.code in (errno.EINVAL, errno.ERANGE):
-        return InvalidArgument(f"{what}: the PF driver rejected the value", detail)
-    if err.code in (errno.EBUSY, errno.EAGAIN):
-        return Busy(f"{what}: {os.strerror(err.code)}", detail)
-    return HostError(f"{what}: {os.strerror(err.code)}", detail)
+    """The driver judges VF values, so EINVAL here is the user's (``VF_SET``)."""
+    return errnos.named(err.code, what, errnos.VF_SET, err.text)
 
 
 _seq = itertools.count(1)

@@ -5,8 +5,9 @@ recorder for reporting problems back to the cluster.
 
 from __future__ import annotations
 
+from nicwarden.agent.backoff import BackoffPolicy
+
 from .api import ApiSource, load_client
-from .backoff import BackoffPolicy
 from .directory import DirectorySource
 from .events import EventRecorder, ObjectRef
 from .kinds import KINDS, RESOURCES, ObjectKey, ResourceType

@@ -12,9 +12,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from nicwarden.agent.backoff import BackoffPolicy
+
 from ..errors import ConfigError
 from ._kube import client, config
-from .backoff import BackoffPolicy
 from .kinds import KINDS, RESOURCES
 from .ledger import Ledger
 from .reflector import Reflector, WatchSettings

@@ -36,7 +36,7 @@ from typing import Any
 
 from .kinds import KINDS, ObjectKey, describe
 from .ledger import Ledger
-from .manifests import SUFFIXES, Manifest, parse_file
+from .manifests import MAX_FILE_BYTES, SUFFIXES, Manifest, parse_file, summarise, too_large
 from .source import Sink, SourceProblem
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class _File:
     settled: bool
     objects: list[Manifest] = field(default_factory=list)
     problems: list[SourceProblem] = field(default_factory=list)
+    dropped: int = 0  # problems beyond the per-file cap, only counted
 
 
 class DirectorySource:
@@ -136,10 +137,12 @@ class DirectorySource:
         if not changed and dir_problems == self._dir_problems:
             return
         merged, problems = _merge(files)
+        previous = self._problems
         with self._lock:
             self._files = files
             self._dir_problems = dir_problems
             self._problems = dir_problems + problems
+        _log_changes(previous, self._problems)
         self._ledger.replace(KINDS, merged)
 
     def _refresh(self, files: dict[Path, _File], path: Path, st: os.stat_result, now: int) -> bool:
@@ -149,8 +152,16 @@ class DirectorySource:
         old = files.get(path)
         if old is not None and old.signature == sig and old.settled:
             return False
+        if st.st_size > MAX_FILE_BYTES:
+            # Refused before reading: a huge file must not cost its size in memory.
+            new = self._broken(old, sig, [too_large(str(path), st.st_size)])
+            if old is not None and (old.objects, old.problems) == (new.objects, new.problems):
+                return False
+            files[path] = new
+            return True
         try:
-            data = path.read_bytes()
+            with path.open("rb") as f:
+                data = f.read(MAX_FILE_BYTES + 1)  # it may have grown since stat
         except FileNotFoundError:
             return False  # removed since listed: the next poll drops it
         except OSError as exc:
@@ -169,7 +180,9 @@ class DirectorySource:
             files[path] = self._broken(old, sig, parsed.problems)
             files[path].digest = digest
         else:
-            files[path] = _File(sig, digest, settled, parsed.objects, parsed.problems)
+            files[path] = _File(
+                sig, digest, settled, parsed.objects, parsed.problems, parsed.dropped
+            )
         return True
 
     @staticmethod
@@ -178,6 +191,18 @@ class DirectorySource:
         note = "; keeping its last good objects" if kept else "; none of its objects are used"
         # Not settled: an unreadable or half-written file is retried every poll.
         return _File(sig, b"", False, kept, [_with_note(p, note) for p in problems])
+
+
+def _log_changes(before: list[SourceProblem], after: list[SourceProblem]) -> None:
+    """Each problem is logged once when it appears and once when it clears:
+    polls that find the same problems log nothing."""
+    old, new = set(before), set(after)
+    for p in after:
+        if p not in old:
+            log.warning("manifest problem", extra={"problem": str(p)})
+    for p in before:
+        if p not in new:
+            log.info("manifest problem cleared", extra={"problem": str(p)})
 
 
 def _with_note(problem: SourceProblem, note: str) -> SourceProblem:
@@ -221,12 +246,12 @@ def _merge(files: dict[Path, _File]) -> tuple[dict[ObjectKey, Any], list[SourceP
     problems: list[SourceProblem] = []
     for path in sorted(files):
         state = files[path]
-        problems.extend(state.problems)
+        own = list(state.problems)
         for manifest in state.objects:
             first = origin.get(manifest.key)
             if first is not None:
                 where = f"{first[0]}:{first[1]}" if first[1] else str(first[0])
-                problems.append(
+                own.append(
                     SourceProblem(
                         str(path),
                         describe(manifest.key),
@@ -237,4 +262,5 @@ def _merge(files: dict[Path, _File]) -> tuple[dict[ObjectKey, Any], list[SourceP
                 continue
             merged[manifest.key] = manifest.obj
             origin[manifest.key] = (path, manifest.line)
+        problems.extend(summarise(own, str(path), state.dropped))
     return merged, problems

@@ -42,8 +42,8 @@ RESOURCES: Mapping[str, ResourceType] = {
             "network-attachment-definitions",
             namespaced=True,
         ),
-        # v1beta2 exists in the CRD but is not served (contracts/multinetworkpolicy.md
-        # c.1), so a cluster would reject it: the directory source does too.
+        # v1beta2 exists in the CRD but is not served
+        # (docs/contracts.md#multinetworkpolicy), so a cluster would reject it: the directory source does too.
         ResourceType(
             "MultiNetworkPolicy",
             "k8s.cni.cncf.io",

@@ -34,45 +34,107 @@ class Manifest:
     line: int | None
 
 
+# Limits on one manifest file, so that a huge or generated file cannot take
+# the agent's memory or flood `nicwardenctl policies`: larger files, or files
+# with more documents, are refused with a problem naming the limit, and only
+# the first problems of a file are kept, with a count of the rest.
+MAX_FILE_BYTES = 4 * 1024 * 1024
+MAX_DOCUMENTS = 1000
+MAX_PROBLEMS = 20
+
+
 @dataclass
 class ParsedFile:
     objects: list[Manifest] = field(default_factory=list)
     problems: list[SourceProblem] = field(default_factory=list)
     broken: bool = False
+    dropped: int = 0  # problems beyond MAX_PROBLEMS, only counted
+
+    def add(self, problem: SourceProblem) -> None:
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(problem)
+        else:
+            self.dropped += 1
+
+
+def summarise(problems: list[SourceProblem], file: str, dropped: int = 0) -> list[SourceProblem]:
+    """The first ``MAX_PROBLEMS`` problems, plus one naming how many more."""
+    more = dropped + max(0, len(problems) - MAX_PROBLEMS)
+    kept = problems[:MAX_PROBLEMS]
+    if more:
+        kept.append(
+            SourceProblem(
+                file, "", f"and {more:,} more problems (only the first {MAX_PROBLEMS} are listed)"
+            )
+        )
+    return kept
+
+
+def too_large(file: str, size: int) -> SourceProblem:
+    return SourceProblem(
+        file,
+        "",
+        f"{size:,} bytes is over the {MAX_FILE_BYTES // (1024 * 1024)} MiB limit for a manifest file",
+    )
 
 
 def parse_file(path: Path, data: bytes) -> ParsedFile:
     out = ParsedFile()
     name = str(path)
+    if len(data) > MAX_FILE_BYTES:
+        out.broken = True
+        out.add(too_large(name, len(data)))
+        return out
     try:
         # utf-8-sig: editors on some platforms prepend a BOM.
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         out.broken = True
-        out.problems.append(SourceProblem(name, "", f"not UTF-8 text: {exc}"))
+        out.add(SourceProblem(name, "", f"not UTF-8 text: {exc}"))
         return out
     try:
         documents = list(
-            _json_documents(text) if path.suffix in JSON_SUFFIXES else _yaml_documents(text)
+            _capped(
+                _json_documents(text) if path.suffix in JSON_SUFFIXES else _yaml_documents(text)
+            )
         )
+    except _TooManyDocuments:
+        out.broken = True
+        out.add(
+            SourceProblem(
+                name, "", f"more than {MAX_DOCUMENTS:,} documents, the limit for a manifest file"
+            )
+        )
+        return out
     except json.JSONDecodeError as exc:
         out.broken = True
-        out.problems.append(SourceProblem(name, "", f"malformed JSON: {exc.msg}", exc.lineno))
+        out.add(SourceProblem(name, "", f"malformed JSON: {exc.msg}", exc.lineno))
         return out
     except yaml.MarkedYAMLError as exc:
         out.broken = True
         mark = exc.problem_mark or exc.context_mark
         message = " ".join(str(p) for p in (exc.context, exc.problem) if p)
         line = mark.line + 1 if mark is not None else None
-        out.problems.append(SourceProblem(name, "", f"malformed YAML: {message}", line))
+        out.add(SourceProblem(name, "", f"malformed YAML: {message}", line))
         return out
     except yaml.YAMLError as exc:
         out.broken = True
-        out.problems.append(SourceProblem(name, "", f"malformed YAML: {exc}"))
+        out.add(SourceProblem(name, "", f"malformed YAML: {exc}"))
         return out
     for index, (doc, line, item_lines) in enumerate(documents, start=1):
         _add_document(out, name, index, doc, line, item_lines)
     return out
+
+
+class _TooManyDocuments(Exception):
+    pass
+
+
+def _capped(documents: Iterator[_Document]) -> Iterator[_Document]:
+    for index, document in enumerate(documents, start=1):
+        if index > MAX_DOCUMENTS:
+            raise _TooManyDocuments
+        yield document
 
 
 # A document: its data, its first line and, for list documents, each item's line.
@@ -114,7 +176,7 @@ def _add_document(
     if doc is None:
         return  # an empty document ("---" at the end of a file)
     if not isinstance(doc, Mapping):
-        out.problems.append(
+        out.add(
             SourceProblem(file, f"document {index}", f"not an object ({type(doc).__name__})", line)
         )
         return
@@ -138,7 +200,7 @@ def _add_document(
 
 def _add_object(out: ParsedFile, file: str, where: str, raw: Any, line: int | None) -> None:
     def problem(subject: str, message: str) -> None:
-        out.problems.append(SourceProblem(file, subject, message, line))
+        out.add(SourceProblem(file, subject, message, line))
 
     if not isinstance(raw, dict):
         problem(where, f"not an object ({type(raw).__name__})")

@@ -16,8 +16,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nicwarden.agent.backoff import Backoff, BackoffPolicy
+
 from ._kube import ApiException, watch
-from .backoff import Backoff, BackoffPolicy
 from .kinds import ObjectKey, ResourceType, object_key
 from .ledger import Ledger
 from .source import SourceProblem

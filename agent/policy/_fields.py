@@ -1,6 +1,7 @@
 """Field-level helpers shared by the object parsers: a per-object issue
-collector and typed accessors for plain dicts (YAML manifests or the
-Kubernetes API's JSON, both camelCase).
+collector (the shared validation engine's, ``agent/schema.py``) and typed
+accessors for plain dicts (YAML manifests or the Kubernetes API's JSON, both
+camelCase).
 
 Parsers never raise for a bad field: they record an issue naming the object
 and the field path and carry on, so one report lists every problem and the
@@ -13,6 +14,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from ..schema import Problems, dotted, key_path
+
 # Kubernetes object-name grammars (apimachinery validation): namespaces are
 # DNS-1123 labels, most other names (NADs included) DNS-1123 subdomains.
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -21,19 +24,22 @@ _DNS1123_SUBDOMAIN = re.compile(
 )
 
 
-class Issues:
-    """Collects ``"<Kind> <ns>/<name>: <field path>: <problem>"`` messages."""
+class Issues(Problems):
+    """Problems of one object, reported as
+    ``"<Kind> <ns>/<name>: <field path>: <problem>"``."""
 
     def __init__(self, subject: str) -> None:
+        super().__init__()
         self.subject = subject
-        self.messages: list[str] = []
 
-    def add(self, path: str, problem: str) -> None:
-        where = f"{self.subject}: {path}" if path else self.subject
-        self.messages.append(f"{where}: {problem}")
-
-    def __bool__(self) -> bool:
-        return bool(self.messages)
+    @property
+    def messages(self) -> list[str]:
+        return [
+            f"{self.subject}: {dotted(p.path)}: {p.reason}"
+            if p.path
+            else f"{self.subject}: {p.reason}"
+            for p in self.found
+        ]
 
 
 def type_name(value: object) -> str:
@@ -64,7 +70,7 @@ def check_keys(raw: Mapping[str, Any], allowed: frozenset[str], issues: Issues, 
     """Reject unknown keys. A misspelt ``from`` would otherwise read as "all
     sources" and silently open the pod, so typos must fail closed."""
     for key in sorted(set(raw) - allowed, key=str):
-        issues.add(f"{path}.{key}" if path else str(key), "unknown field")
+        issues.add((*key_path(path), str(key)), "unknown field")
 
 
 def string_map(raw: object, issues: Issues, path: str) -> dict[str, str]:

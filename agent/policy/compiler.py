@@ -1,5 +1,5 @@
 """Compile MultiNetworkPolicies into per-interface semantic tables, with
-Kubernetes NetworkPolicy semantics (contracts/multinetworkpolicy.md §c.2):
+Kubernetes NetworkPolicy semantics (docs/contracts.md#multinetworkpolicy):
 
 * A policy applies to an interface when its ``policy-for`` names the
   interface's network and its podSelector selects the pod (in the policy's

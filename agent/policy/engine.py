@@ -133,17 +133,34 @@ class PolicyEngine:
 
     def status(self) -> list[ObjectStatus]:
         """Validation status of every object, sorted by (kind, key)."""
-        out = [
-            ObjectStatus(
-                kind_of(obj),
-                obj.key,
-                not obj.errors,
-                tuple(obj.errors),
-                obj.warnings if isinstance(obj, MultiNetworkPolicy) else (),
-            )
-            for obj in self.state.objects()
-        ]
+        out = [self._status_of(obj) for obj in self.state.objects()]
         return sorted(out, key=lambda s: (s.kind, s.key))
+
+    def policy_status(self, key: str) -> ObjectStatus | None:
+        """One MultiNetworkPolicy's status (``ns/name``), or None when absent."""
+        policy = self.state.policies.get(key)
+        return self._status_of(policy) if policy is not None else None
+
+    def policies_naming(self, network: str) -> list[str]:
+        """Keys of the policies whose policy-for names ``network`` (``ns/nad``)."""
+        return sorted(k for k, p in self.state.policies.items() if network in p.networks)
+
+    def _status_of(self, obj: PolicyObject) -> ObjectStatus:
+        warnings: tuple[str, ...] = ()
+        if isinstance(obj, MultiNetworkPolicy):
+            warnings = obj.warnings + self._dangling(obj)
+        return ObjectStatus(kind_of(obj), obj.key, not obj.errors, tuple(obj.errors), warnings)
+
+    def _dangling(self, policy: MultiNetworkPolicy) -> tuple[str, ...]:
+        # A policy-for naming no NAD is a silent no-op: no interface can be on
+        # that network, so the policy isolates nothing there (a typo, or a
+        # network in another namespace written without its namespace).
+        return tuple(
+            f"MultiNetworkPolicy {policy.key}: policy-for names {net}, but no "
+            f"NetworkAttachmentDefinition {net} exists; the policy has no effect on it"
+            for net in sorted(policy.networks)
+            if net not in self.state.nads
+        )
 
     # -- internals --------------------------------------------------------
 

@@ -149,6 +149,13 @@ def parse_policy(raw: Mapping[str, Any]) -> MultiNetworkPolicy:
     ingress_raw = as_list(spec.get("ingress"), issues, "spec.ingress") or []
     egress_raw = as_list(spec.get("egress"), issues, "spec.egress") or []
     policy_types = _parse_policy_types(spec.get("policyTypes"), bool(egress_raw), issues)
+    for direction, rules in ((Direction.INGRESS, ingress_raw), (Direction.EGRESS, egress_raw)):
+        if rules and direction not in policy_types:
+            # Kubernetes ignores them too; say so rather than let them look enforced.
+            warnings.append(
+                f"{issues.subject}: spec.{direction.value.lower()} has rules but spec.policyTypes "
+                f"does not include {direction.value}; they have no effect"
+            )
     ingress = tuple(
         _parse_rule(r, "from", issues, f"spec.ingress[{i}]") for i, r in enumerate(ingress_raw)
     )

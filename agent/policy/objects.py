@@ -213,7 +213,7 @@ def _container_ports(spec: Mapping[str, Any], issues: Issues) -> tuple[Container
 def _network_status(
     value: str | None, namespace: str, issues: Issues
 ) -> tuple[NetworkStatusEntry, ...]:
-    """Parse Multus's network-status annotation (contracts/cni.md A05).
+    """Parse Multus's network-status annotation (docs/contracts.md#multus).
 
     A malformed annotation yields no entries: the pod then contributes no peer
     IPs, which can only narrow what policies allow.

@@ -29,7 +29,7 @@ ICMP_PROTOCOLS = frozenset({ICMP, ICMPV6})
 PORTED_PROTOCOLS = frozenset({6, 17, 132})
 # Always passed by the datapath on isolated directions, whatever the policy:
 # without ARP and IPv6 neighbour discovery (ICMPv6 133-136) nothing works, and
-# the API cannot express them (see contracts/multinetworkpolicy.md).
+# the API cannot express them (see docs/contracts.md#multinetworkpolicy).
 ALWAYS_PASS: tuple[str, ...] = ("arp", "icmpv6-nd")
 
 

@@ -23,8 +23,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from nicwarden.cni.install import install_shim  # noqa: E402
-from tests.agent_proc import start_agent, stop_agent  # noqa: E402
-from tests.cni_runtime import CNI_PATH, invoke, netns_path  # noqa: E402
+from tests.support.agent_proc import start_agent, stop_agent  # noqa: E402
+from tests.support.cni_runtime import CNI_PATH, invoke, netns_path  # noqa: E402
 
 
 def sh(*cmd: str) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent_proc import AGENT, CTL, Running, cleanup_node, start_agent, stop_agent
-from tests.conftest import run
+from tests.support.agent_proc import AGENT, CTL, Running, cleanup_node, start_agent, stop_agent
+from tests.support.oracle import run
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 

@@ -14,9 +14,16 @@ from typing import Any
 
 import pytest
 
-from tests.agent_proc import SHIM, Running, cleanup_node, kill_agent, start_agent, stop_agent
-from tests.cni_runtime import invoke, netns_path
-from tests.conftest import run
+from tests.support.agent_proc import (
+    SHIM,
+    Running,
+    cleanup_node,
+    kill_agent,
+    start_agent,
+    stop_agent,
+)
+from tests.support.cni_runtime import invoke, netns_path
+from tests.support.oracle import run
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 

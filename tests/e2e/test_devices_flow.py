@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.agent_proc import Running, cleanup_node, start_agent, stop_agent
-from tests.cni_runtime import invoke, netns_path
-from tests.conftest import run
-from tests.kubelet_fake import FakeKubelet, short_tmpdir
+from tests.support.agent_proc import Running, cleanup_node, start_agent, stop_agent
+from tests.support.cni_runtime import invoke, netns_path
+from tests.support.kubelet_fake import FakeKubelet, short_tmpdir
+from tests.support.oracle import run
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
@@ -120,7 +120,7 @@ def test_bad_requests_get_specific_errors(agent: Running) -> None:
         (["numvfs", "0000:77:00.0", "2"], 1, "0000:77:00.0"),
         (["bind", "0000:18:00.0", "vfio-pci"], 1, "PF"),
         (["bind", "0000:99:01.0", "vfio-pci"], 1, "0000:99:01.0"),
-        (["vf", "0000:18:01.0", "set", "vlan", "5000"], 1, "vlan"),
+        (["vf", "0000:18:01.0", "set", "vlan", "5000"], 2, "out of range (0 to 4095)"),
         (["vf", "0000:18:01.0", "set", "spoofchk", "maybe"], 2, "on or off"),
         (["vf", "0000:18:01.0", "set", "colour", "red"], 2, "unknown VF attribute"),
     ]

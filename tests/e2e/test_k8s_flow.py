@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.agent_proc import SHIM, Running, cleanup_node, kill_agent, start_agent
-from tests.cni_runtime import invoke, netns_path
-from tests.conftest import run
-from tests.k8s_apiserver import FakeApiServer
-from tests.kubelet_fake import FakeKubelet, PluginConnection, short_tmpdir
-from tests.traffic import Servers, tcp_ok
+from tests.support.agent_proc import SHIM, Running, cleanup_node, kill_agent, start_agent
+from tests.support.cni_runtime import invoke, netns_path
+from tests.support.k8s_apiserver import FakeApiServer
+from tests.support.kubelet_fake import FakeKubelet, PluginConnection, short_tmpdir
+from tests.support.oracle import run
+from tests.support.traffic import Servers, tcp_ok
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.agent_proc import SHIM, Running, cleanup_node, kill_agent, start_agent
-from tests.cni_runtime import invoke, netns_path
-from tests.conftest import run
-from tests.traffic import Servers, ping_ok, tcp_ok, udp_ok
+from tests.support.agent_proc import SHIM, Running, cleanup_node, kill_agent, start_agent
+from tests.support.cni_runtime import invoke, netns_path
+from tests.support.oracle import run
+from tests.support.traffic import Servers, ping_ok, tcp_ok, udp_ok
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 

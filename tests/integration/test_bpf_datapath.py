@@ -28,8 +28,8 @@ from nicwarden.agent.errors import InvalidArgument
 from nicwarden.agent.host.bpf import PolicyDatapath
 from nicwarden.bpf import layout as L
 from nicwarden.bpf.layout import Direction, IfaceKey, LoweredDirection, Verdict
-from tests.conftest import run, unique
-from tests.traffic import (
+from tests.support.oracle import run, unique
+from tests.support.traffic import (
     PROBE_TIMEOUT,
     Servers,
     echo,

@@ -96,7 +96,7 @@ def test_host_local_add_check_del(tmp_path: Path, version: str) -> None:
 
     ipam_del(conf, env())
     assert list(allocations(tmp_path)) == ["10.77.0.3"]
-    ipam_del(conf, env())  # C23: repeated DEL succeeds
+    ipam_del(conf, env())  # repeated DEL succeeds
     ipam_del(conf, env("beef", "net2"))
     assert allocations(tmp_path) == {}
 
@@ -177,7 +177,7 @@ def test_static_add_check_del(tmp_path: Path) -> None:
         routes=(Route(dst=ip_network("0.0.0.0/0"), gw=ip_address("10.10.0.1")),),
         dns=DNS(nameservers=("10.10.0.53",), search=("example.org",)),
     )
-    # CHECK gets the runtime's prevResult (C26), and static compares its
+    # CHECK gets the runtime's prevResult, and static compares its
     # addresses with it.
     ipam_check({**conf, "prevResult": result.render("1.0.0")}, env())
     with pytest.raises(CniError) as info:

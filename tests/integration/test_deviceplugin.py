@@ -15,12 +15,12 @@ from typing import Any
 import grpc
 import pytest
 
+from nicwarden.agent.backoff import BackoffPolicy
 from nicwarden.agent.host.paths import HostPaths
 from nicwarden.agent.model import Inventory
 from nicwarden.deviceplugin.manager import DevicePluginManager
-from nicwarden.deviceplugin.registration import Backoff
 from nicwarden.proto.deviceplugin.v1beta1 import api_pb2
-from tests.kubelet_fake import (
+from tests.support.kubelet_fake import (
     FakeKubelet,
     MemoryInventory,
     PfSpec,
@@ -73,7 +73,7 @@ class Env:
             kubelet_dir=self.plugin_dir,
             device_info_dir=self.devinfo,
             poll_interval=0.1,
-            backoff=Backoff(initial=0.1, maximum=0.4),
+            backoff=BackoffPolicy(initial=0.1, cap=0.4),
             **kw,
         )
         self.managers.append(m)
@@ -127,7 +127,7 @@ def started(
     env: Env, inventory: Inventory, **kw: Any
 ) -> tuple[MemoryInventory, DevicePluginManager]:
     make_vfio_nodes(env.dev, vfio_groups_of(inventory))
-    source = MemoryInventory(inventory)
+    source = MemoryInventory(inventory, dev=env.dev)
     return source, env.manager(source, **kw)
 
 
@@ -178,7 +178,7 @@ def test_topology_omitted_when_excluded_or_unknown(env: Env) -> None:
         {"resourceName": "plain", "selectors": {"pfNames": ["ens1f0"]}},
         {"resourceName": "flat", "excludeTopology": True},
     ]
-    env.manager(MemoryInventory(inventory), pools)
+    env.manager(MemoryInventory(inventory, dev=env.dev), pools)
     plain = env.kubelet.wait_for_registration("nicwarden.io/plain")
     assert [len(d.topology.nodes) for d in plain.wait_for(lambda d: len(d) == 1)] == [0]  # NUMA -1
     flat = env.kubelet.wait_for_registration("nicwarden.io/flat")
@@ -291,15 +291,22 @@ def test_link_down_marks_unhealthy_then_healthy_again(env: Env) -> None:
     conn.wait_for(lambda d: set(health(d).values()) == {"Healthy"}, timeout=1)
 
 
-def test_vfio_node_vanishing_is_noticed_without_an_event(env: Env) -> None:
-    started(env, inv())
+def test_vfio_node_vanishing_is_read_from_the_next_snapshot(env: Env) -> None:
+    """Health reads the vfio node from the inventory: the plugin itself never
+    looks under /dev, and the rescan an event (udev's vfio uevent, here a
+    publish) triggers is what it reacts to."""
+    source, _ = started(env, inv())
     dpdk = env.kubelet.wait_for_registration(DPDK)
     vf = vf_address(PF0, 2)
     dpdk.wait_for(lambda d: health(d) == {vf: "Healthy"})
     group = next(g for g in vfio_groups_of(inv()))
     (env.dev / "vfio" / str(group)).unlink()
+    time.sleep(0.3)  # several watch-loop ticks: no stat of /dev on its own
+    assert health(dpdk.latest() or []) == {vf: "Healthy"}
+    source.publish(inv())
     dpdk.wait_for(lambda d: health(d) == {vf: "Unhealthy"}, timeout=1)
     (env.dev / "vfio" / f"noiommu-{group}").touch()
+    source.publish(inv())
     dpdk.wait_for(lambda d: health(d) == {vf: "Healthy"}, timeout=1)
 
 

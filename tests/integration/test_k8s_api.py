@@ -1,5 +1,5 @@
 """ApiSource and EventRecorder with the real ``kubernetes`` client against the
-in-repo API server (tests/k8s_apiserver.py) over loopback HTTP, configured
+in-repo API server (tests/support/k8s_apiserver.py) over loopback HTTP, configured
 through a generated kubeconfig. No root needed.
 
 The last test feeds the same objects through both sources into real
@@ -29,7 +29,7 @@ from nicwarden.agent.k8s import (
     load_client,
 )
 from nicwarden.agent.policy import PolicedInterface, PolicyEngine
-from tests.k8s_apiserver import EventLog, FakeApiServer, Request, wait_until
+from tests.support.k8s_apiserver import EventLog, FakeApiServer, Request, wait_until
 
 FAST = BackoffPolicy(initial=0.02, cap=0.2)
 NET_STATUS = "k8s.v1.cni.cncf.io/network-status"

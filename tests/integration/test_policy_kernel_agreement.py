@@ -14,7 +14,7 @@ import pytest
 from nicwarden.agent.host.bpf import PolicyDatapath
 from nicwarden.agent.policy import Action, Event, LoweredTable, PolicedInterface, PolicyEngine
 from nicwarden.bpf.layout import Direction, LoweredDirection
-from tests.conftest import run
+from tests.support.oracle import run
 
 pytestmark = pytest.mark.root
 

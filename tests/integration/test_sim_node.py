@@ -16,7 +16,7 @@ from nicwarden.agent.errors import Busy, InvalidArgument, NotFound
 from nicwarden.agent.inventory import LiveInventory
 from nicwarden.agent.model import Inventory
 from nicwarden.agent.sim import SimulatedNode, parse_spec
-from tests.conftest import host_links, run
+from tests.support.oracle import host_links, run
 
 pytestmark = pytest.mark.root
 

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from nicwarden.agent import dpdk, sriov
-from nicwarden.agent.dpdk import DeviceCtx
+from nicwarden.agent.devices import binding, converge
+from nicwarden.agent.devices import numvfs as vfcount
+from nicwarden.agent.devices.context import DeviceCtx
+from nicwarden.agent.devices.spec import parse_sriov
 from nicwarden.agent.errors import (
     Busy,
     HostError,
@@ -26,6 +28,7 @@ from nicwarden.agent.errors import (
     Unavailable,
     Unsupported,
 )
+from nicwarden.agent.host import pci
 from nicwarden.agent.host.netlink import Netlink
 from nicwarden.agent.host.sysfs import link_name, read_attr
 from nicwarden.agent.host.vfnetlink import NetlinkVfConfigurator, VfSettings
@@ -33,7 +36,7 @@ from nicwarden.agent.inventory import LiveInventory
 from nicwarden.agent.sim import SimulatedNode
 from nicwarden.agent.sim.vfconfig import FRESH_VF, SimVfConfigurator
 from nicwarden.agent.store import AttachmentKey, Store
-from tests.conftest import host_links, run
+from tests.support.oracle import host_links, run
 
 pytestmark = pytest.mark.root
 
@@ -86,6 +89,7 @@ def ctx(sim: SimulatedNode, tmp_path: Path) -> Iterator[DeviceCtx]:
             inventory=inventory,
             store=store,
             netdevs=Netlink(),
+            vfconf=SimVfConfigurator(sim),
             timeout_s=5.0,
         )
 
@@ -129,7 +133,7 @@ def attach(store: Store, address: str, ns: str = "prod", pod: str = "db-1") -> N
 
 
 def test_numvfs_shrink_and_grow_go_through_zero(sim: SimulatedNode, ctx: DeviceCtx) -> None:
-    res = sriov.set_num_vfs(ctx, sim.pf_name(0), 2)
+    res = vfcount.set_num_vfs(ctx, sim.pf_name(0), 2)
     assert (res.previous, res.current, res.changed) == (4, 2, True)
     assert writer(ctx).values("sriov_numvfs") == ["0", "2"]
     links = host_links(sim.prefix)
@@ -139,14 +143,14 @@ def test_numvfs_shrink_and_grow_go_through_zero(sim: SimulatedNode, ctx: DeviceC
     assert [vf.fn.driver for vf in pf.vfs] == ["iavf", "iavf"]
 
     writer(ctx).log.clear()
-    sriov.set_num_vfs(ctx, sim.pf_address(0), 6)
+    vfcount.set_num_vfs(ctx, sim.pf_address(0), 6)
     assert writer(ctx).values("sriov_numvfs") == ["0", "6"]
     assert {sim.vf_name(0, j) for j in range(6)} <= host_links(sim.prefix)
 
     writer(ctx).log.clear()
-    assert not sriov.set_num_vfs(ctx, sim.pf_name(0), "6").changed
-    sriov.set_num_vfs(ctx, sim.pf_name(0), 0)
-    sriov.set_num_vfs(ctx, sim.pf_name(0), 1)
+    assert not vfcount.set_num_vfs(ctx, sim.pf_name(0), "6").changed
+    vfcount.set_num_vfs(ctx, sim.pf_name(0), 0)
+    vfcount.set_num_vfs(ctx, sim.pf_name(0), 1)
     assert writer(ctx).values("sriov_numvfs") == ["0", "1"]  # from 0, no extra 0 first
     assert ctx.store.pending_intents() == []
     assert all(ctx.store.intent(i).state == "done" for i in (1, 2, 3, 4))  # type: ignore[union-attr]
@@ -157,27 +161,27 @@ def test_numvfs_refuses_bad_counts_naming_the_limit(
     sim: SimulatedNode, ctx: DeviceCtx, bad: object
 ) -> None:
     with pytest.raises(InvalidArgument, match="0-64 \\(sriov_totalvfs\\)"):
-        sriov.set_num_vfs(ctx, sim.pf_name(0), bad)  # type: ignore[arg-type]
+        vfcount.set_num_vfs(ctx, sim.pf_name(0), bad)  # type: ignore[arg-type]
     assert writer(ctx).log == [] and numvfs(sim, 0) == 4
 
 
 def test_numvfs_refuses_vf_and_unknown(sim: SimulatedNode, ctx: DeviceCtx) -> None:
     with pytest.raises(InvalidArgument, match="is a VF"):
-        sriov.set_num_vfs(ctx, sim.vf_address(0, 1), 2)
+        vfcount.set_num_vfs(ctx, sim.vf_address(0, 1), 2)
     with pytest.raises(NotFound):
-        sriov.set_num_vfs(ctx, "nosuchpf", 2)
+        vfcount.set_num_vfs(ctx, "nosuchpf", 2)
 
 
 def test_numvfs_busy_names_the_pods(sim: SimulatedNode, ctx: DeviceCtx) -> None:
     allocate(ctx.store, sim.vf_address(0, 1))
     attach(ctx.store, sim.vf_address(0, 3))
     with pytest.raises(Busy) as err:
-        sriov.set_num_vfs(ctx, sim.pf_name(0), 2)
+        vfcount.set_num_vfs(ctx, sim.pf_name(0), 2)
     assert "default/web-0" in str(err.value) and "prod/db-1" in str(err.value)
     assert writer(ctx).log == [] and numvfs(sim, 0) == 4
     assert ctx.store.pending_intents() == []
     # The other PF's VFs are not held by anyone.
-    sriov.set_num_vfs(ctx, sim.pf_name(1), 2)
+    vfcount.set_num_vfs(ctx, sim.pf_name(1), 2)
     assert numvfs(sim, 1) == 2
 
 
@@ -197,16 +201,16 @@ def test_waits_for_vfs_that_appear_after_the_write(sim: SimulatedNode, ctx: Devi
     slow = dataclasses.replace(ctx, writer=LateWriter(sim))
     try:
         start = time.monotonic()
-        sriov.set_num_vfs(slow, sim.pf_name(0), 3)
+        vfcount.set_num_vfs(slow, sim.pf_name(0), 3)
         assert time.monotonic() - start >= 0.35
         pf = ctx.inventory.snapshot().pfs[0]
         assert len(pf.vfs) == 3 and all(vf.fn.driver == "iavf" for vf in pf.vfs)
 
         # From 0 VFs there is no "0" write: the short timeout bounds only the wait.
-        sriov.set_num_vfs(ctx, sim.pf_name(0), 0)
+        vfcount.set_num_vfs(ctx, sim.pf_name(0), 0)
         hurried = dataclasses.replace(slow, timeout_s=0.2)
         with pytest.raises(Unavailable, match="sriov_numvfs reads 0; 0 of 2 VFs present"):
-            sriov.set_num_vfs(hurried, sim.pf_name(0), 2)
+            vfcount.set_num_vfs(hurried, sim.pf_name(0), 2)
     finally:
         for t in late:
             t.join()
@@ -222,12 +226,12 @@ def test_hung_numvfs_write_times_out_and_recover_settles_it(
             release.wait(10)
 
     # From 0 VFs, so the one timed write is the hanging one.
-    sriov.set_num_vfs(ctx, sim.pf_name(0), 0)
+    vfcount.set_num_vfs(ctx, sim.pf_name(0), 0)
     writer(ctx).hooks.append(hang)
     hurried = dataclasses.replace(ctx, timeout_s=0.3)
     try:
         with pytest.raises(Unavailable, match="has not returned after 0.3s"):
-            sriov.set_num_vfs(hurried, sim.pf_name(0), 2)
+            vfcount.set_num_vfs(hurried, sim.pf_name(0), 2)
         (pending,) = ctx.store.pending_intents()
         assert pending.kind == "sriov.numvfs" and pending.payload["to"] == 2
     finally:
@@ -235,7 +239,7 @@ def test_hung_numvfs_write_times_out_and_recover_settles_it(
     deadline = time.monotonic() + 5
     while numvfs(sim, 0) != 2 and time.monotonic() < deadline:
         time.sleep(0.05)
-    (settled,) = sriov.recover(ctx)
+    (settled,) = vfcount.recover(ctx)
     assert settled.outcome == "completed" and ctx.store.pending_intents() == []
 
 
@@ -247,7 +251,7 @@ def test_bind_to_vfio_and_back(sim: SimulatedNode, ctx: DeviceCtx) -> None:
     group = link_name(sim.paths.pci_devices / vf / "iommu_group")
     assert group is not None and link_exists(name)
 
-    res = dpdk.bind(ctx, vf, "vfio-pci")
+    res = binding.bind(ctx, vf, "vfio-pci")
     assert (res.previous, res.driver, res.changed) == ("iavf", "vfio-pci", True)
     assert writer(ctx).log == [
         (f"bus/pci/devices/{vf}/driver_override", "vfio-pci"),
@@ -258,12 +262,12 @@ def test_bind_to_vfio_and_back(sim: SimulatedNode, ctx: DeviceCtx) -> None:
     assert driver(sim, vf) == "vfio-pci" and override(sim, vf) == "(null)"
     assert (sim.paths.vfio / group).exists() and not link_exists(name)
     assert list(res.devices) == [sim.paths.vfio / "vfio", sim.paths.vfio / group]
-    assert dpdk.vfio_device_nodes(sim.paths, vf) == list(res.devices)
+    assert pci.vfio_nodes(sim.paths, vf) == list(res.devices)
     snap = ctx.inventory.snapshot().find(vf)
     assert snap is not None and snap.fn.driver == "vfio-pci" and snap.fn.netdev is None
-    assert not dpdk.bind(ctx, vf, "vfio-pci").changed
+    assert not binding.bind(ctx, vf, "vfio-pci").changed
 
-    back = dpdk.bind(ctx, vf, "kernel")
+    back = binding.bind(ctx, vf, "kernel")
     assert (back.previous, back.driver) == ("vfio-pci", "iavf")
     assert driver(sim, vf) == "iavf" and override(sim, vf) == "(null)"
     assert not (sim.paths.vfio / group).exists() and link_exists(name)
@@ -273,41 +277,41 @@ def test_bind_to_vfio_and_back(sim: SimulatedNode, ctx: DeviceCtx) -> None:
 def test_kernel_driver_is_remembered_across_vfio(sim: SimulatedNode, ctx: DeviceCtx) -> None:
     # Bound to vfio-pci behind our back: the PF model's map names iavf.
     vf = sim.vf_address(1, 0)
-    dpdk.bind(ctx, vf, "vfio-pci")
+    binding.bind(ctx, vf, "vfio-pci")
     assert ctx.store.get_meta(f"dpdk.kernel_driver.{vf}") == "iavf"
     ctx.store.set_meta(f"dpdk.kernel_driver.{vf}", "")
-    assert dpdk.bind(ctx, vf, "kernel").driver == "iavf"
+    assert binding.bind(ctx, vf, "kernel").driver == "iavf"
 
 
 def test_refuses_a_vf_in_use_unless_forced(sim: SimulatedNode, ctx: DeviceCtx) -> None:
     vf, name = sim.vf_address(0, 2), sim.vf_name(0, 2)
     # Up with only its automatic IPv6 link-local address: not in use.
-    dpdk.bind(ctx, vf, "vfio-pci")
-    dpdk.bind(ctx, vf, "kernel")
+    binding.bind(ctx, vf, "vfio-pci")
+    binding.bind(ctx, vf, "kernel")
     run("ip", "link", "set", name, "up")
     run("ip", "addr", "add", "192.0.2.10/24", "dev", name)
     writer(ctx).log.clear()
     with pytest.raises(Busy, match=f"netdev {name} is up with addresses 192.0.2.10/24"):
-        dpdk.bind(ctx, vf, "vfio-pci")
+        binding.bind(ctx, vf, "vfio-pci")
     assert writer(ctx).log == [] and driver(sim, vf) == "iavf"
     assert ctx.store.pending_intents() == []
 
-    res = dpdk.bind(ctx, vf, "vfio-pci", force=True)
+    res = binding.bind(ctx, vf, "vfio-pci", force=True)
     assert res.driver == "vfio-pci" and "192.0.2.10/24" in res.overridden[0]
 
     allocate(ctx.store, vf, pod="dpdk-0")
     with pytest.raises(Busy, match="allocated to pod default/dpdk-0"):
-        dpdk.bind(ctx, vf, "kernel")
+        binding.bind(ctx, vf, "kernel")
     assert driver(sim, vf) == "vfio-pci"
 
 
 def test_refuses_pf_unknown_and_bad_target(sim: SimulatedNode, ctx: DeviceCtx) -> None:
     with pytest.raises(InvalidArgument, match="is a PF"):
-        dpdk.bind(ctx, sim.pf_address(0), "vfio-pci")
+        binding.bind(ctx, sim.pf_address(0), "vfio-pci")
     with pytest.raises(NotFound):
-        dpdk.bind(ctx, "0000:77:00.0", "vfio-pci")
+        binding.bind(ctx, "0000:77:00.0", "vfio-pci")
     with pytest.raises(InvalidArgument, match="vfio-pci or kernel"):
-        dpdk.bind(ctx, sim.vf_address(0, 0), "uio")
+        binding.bind(ctx, sim.vf_address(0, 0), "uio")
     assert writer(ctx).log == []
 
 
@@ -317,7 +321,7 @@ def test_vfio_pci_missing_is_unsupported_and_nothing_moves(
     vf = sim.vf_address(0, 0)
     shutil.rmtree(sim.paths.pci_drivers / "vfio-pci")
     with pytest.raises(Unsupported, match="modprobe vfio-pci"):
-        dpdk.bind(ctx, vf, "vfio-pci")
+        binding.bind(ctx, vf, "vfio-pci")
     assert writer(ctx).log == [] and ctx.store.pending_intents() == []
     assert driver(sim, vf) == "iavf" and override(sim, vf) == "(null)"
     assert link_exists(sim.vf_name(0, 0))
@@ -329,10 +333,10 @@ def test_no_iommu_group_needs_the_iommu_or_explicit_noiommu(
     vf = sim.vf_address(0, 0)
     (sim.paths.pci_devices / vf / "iommu_group").unlink()
     with pytest.raises(Unsupported, match="intel_iommu=on or amd_iommu=on"):
-        dpdk.bind(ctx, vf, "vfio-pci")
+        binding.bind(ctx, vf, "vfio-pci")
     allowed = dataclasses.replace(ctx, allow_noiommu=True)
     with pytest.raises(Unsupported, match="enable_unsafe_noiommu_mode"):
-        dpdk.bind(allowed, vf, "vfio-pci")
+        binding.bind(allowed, vf, "vfio-pci")
     assert writer(ctx).log == [] and driver(sim, vf) == "iavf"
 
 
@@ -347,7 +351,7 @@ def test_failed_probe_rolls_back_to_the_previous_driver(sim: SimulatedNode, ctx:
 
     writer(ctx).hooks.append(refuse_first_probe)
     with pytest.raises(HostError, match="probe for vfio-pci.*rolled back to iavf"):
-        dpdk.bind(ctx, vf, "vfio-pci")
+        binding.bind(ctx, vf, "vfio-pci")
     assert writer(ctx).log == [
         (f"bus/pci/devices/{vf}/driver_override", "vfio-pci"),
         ("bus/pci/drivers/iavf/unbind", vf),
@@ -376,12 +380,12 @@ def test_recover_finishes_a_bind_that_reached_its_driver(
     vf = sim.vf_address(0, 1)
     _crash_at(ctx, "driver_override", "\n")  # after the probe, before the clear
     with pytest.raises(Crash):
-        dpdk.bind(ctx, vf, "vfio-pci")
+        binding.bind(ctx, vf, "vfio-pci")
     assert driver(sim, vf) == "vfio-pci" and override(sim, vf) == "vfio-pci"
     assert len(ctx.store.pending_intents("dpdk.bind")) == 1
     writer(ctx).hooks.clear()
 
-    (done,) = dpdk.recover(ctx)
+    (done,) = binding.recover(ctx)
     assert done.outcome == "completed"
     assert override(sim, vf) == "(null)" and driver(sim, vf) == "vfio-pci"
     assert ctx.store.pending_intents() == []
@@ -391,11 +395,11 @@ def test_recover_rolls_back_a_bind_cut_short(sim: SimulatedNode, ctx: DeviceCtx)
     vf = sim.vf_address(1, 2)
     _crash_at(ctx, "drivers_probe")  # after the unbind: the VF has no driver
     with pytest.raises(Crash):
-        dpdk.bind(ctx, vf, "vfio-pci")
+        binding.bind(ctx, vf, "vfio-pci")
     assert driver(sim, vf) is None and not link_exists(sim.vf_name(1, 2))
     writer(ctx).hooks.clear()
 
-    (done,) = dpdk.recover(ctx)
+    (done,) = binding.recover(ctx)
     assert (done.outcome, done.detail) == ("rolled_back", "back on iavf")
     assert driver(sim, vf) == "iavf" and override(sim, vf) == "(null)"
     assert link_exists(sim.vf_name(1, 2))
@@ -406,7 +410,7 @@ def test_recover_rolls_back_a_bind_cut_short(sim: SimulatedNode, ctx: DeviceCtx)
 
 
 def test_converge_applies_reports_and_fixes_drift(sim: SimulatedNode, ctx: DeviceCtx) -> None:
-    desired = sriov.parse_sriov(
+    desired = parse_sriov(
         [
             {
                 "pfNames": [sim.pf_name(0)],
@@ -416,7 +420,7 @@ def test_converge_applies_reports_and_fixes_drift(sim: SimulatedNode, ctx: Devic
             }
         ]
     )
-    report = sriov.converge(ctx, desired)
+    report = converge.converge(ctx, desired)
     assert report.applied == [
         f"{sim.pf_name(0)} ({sim.pf_address(0)}): numVfs 4 -> 3",
         f"VF 0 {sim.vf_address(0, 0)}: driver iavf -> vfio-pci",
@@ -429,17 +433,17 @@ def test_converge_applies_reports_and_fixes_drift(sim: SimulatedNode, ctx: Devic
         assert " mtu 9000 " in run("ip", "-o", "link", "show", sim.vf_name(0, j)).stdout
     assert numvfs(sim, 1) == 4  # not selected: untouched
 
-    again = sriov.converge(ctx, desired)
+    again = converge.converge(ctx, desired)
     assert again.applied == [] and again.drift == []
 
     run("ip", "link", "set", sim.vf_name(0, 2), "mtu", "1400")
-    fixed = sriov.converge(ctx, desired)
+    fixed = converge.converge(ctx, desired)
     assert [str(d) for d in fixed.drift] == [f"{sim.vf_address(0, 2)}: mtu is 1400, desired 9000"]
     assert fixed.converged
 
     allocate(ctx.store, sim.vf_address(0, 1), pod="web-7")
-    smaller = sriov.parse_sriov([{"pfNames": [sim.pf_name(0)], "numVfs": 2}])
-    blocked = sriov.converge(ctx, smaller)
+    smaller = parse_sriov([{"pfNames": [sim.pf_name(0)], "numVfs": 2}])
+    blocked = converge.converge(ctx, smaller)
     assert blocked.applied == [] and not blocked.converged
     assert "default/web-7" in blocked.skipped[0].reason
     assert numvfs(sim, 0) == 3
@@ -451,8 +455,8 @@ def test_converge_collects_per_pf_errors(sim: SimulatedNode, ctx: DeviceCtx) -> 
             raise HostError("write to sriov_numvfs: Input/output error")
 
     writer(ctx).hooks.append(refuse_pf0)
-    desired = sriov.parse_sriov([{"rootDevices": [sim.pf_address(i)], "numVfs": 2} for i in (0, 1)])
-    report = sriov.converge(ctx, desired)
+    desired = parse_sriov([{"rootDevices": [sim.pf_address(i)], "numVfs": 2} for i in (0, 1)])
+    report = converge.converge(ctx, desired)
     assert report.applied == [f"{sim.pf_name(1)} ({sim.pf_address(1)}): numVfs 4 -> 2"]
     assert [s.subject for s in report.skipped] == [sim.pf_address(0)]
     assert "Input/output error" in report.skipped[0].reason
@@ -513,7 +517,7 @@ def test_sim_vf_config_round_trip(sim: SimulatedNode, ctx: DeviceCtx) -> None:
         cfg.set("nosuchpf", 0, VfSettings(trust=True))
 
     # Re-created VFs start fresh, as after a real numvfs change.
-    sriov.set_num_vfs(ctx, pf, 2)
+    vfcount.set_num_vfs(ctx, pf, 2)
     assert cfg.get(pf, 1) == FRESH_VF
 
 
@@ -535,8 +539,8 @@ def test_new_vfs_are_brought_up_like_a_real_driver_leaves_them_down(
     # Real VF drivers create netdevs administratively down (Unhealthy to the
     # device plugin); provisioning puts them in service.
     sim.vf_admin_up = False
-    sriov.set_num_vfs(ctx, sim.pf_name(1), 0)
-    sriov.set_num_vfs(ctx, sim.pf_name(1), 3)
+    vfcount.set_num_vfs(ctx, sim.pf_name(1), 0)
+    vfcount.set_num_vfs(ctx, sim.pf_name(1), 3)
     for j in range(3):
         state = run("ip", "-br", "link", "show", sim.vf_name(1, j)).stdout.split()[1]
         assert state in ("UP", "UNKNOWN"), (sim.vf_name(1, j), state)

@@ -166,7 +166,7 @@ def test_zero_and_none_omission_rules_in_1_1() -> None:
 
 
 def test_ipam_abbreviated_result() -> None:
-    # C61: IPAM results have no interfaces and no ips[].interface
+    # IPAM results have no interfaces and no ips[].interface
     obj = {"cniVersion": "1.0.0", "ips": [{"address": "10.10.0.1/24"}], "dns": {}}
     parsed = parse_result(obj, "1.0.0")
     assert parsed == Result(ips=(IPConfig(address=ip_interface("10.10.0.1/24")),))

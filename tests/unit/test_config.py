@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from nicwarden.agent import config as cfg
-from nicwarden.agent.config import AgentConfig, Invalid, SimShape, load_config
+from nicwarden.agent.config import AgentConfig, SimShape, load_config
 from nicwarden.agent.errors import ConfigError
 
 
@@ -312,37 +312,3 @@ def test_every_setting_is_documented() -> None:
     }
     assert all(r.doc for r in rows)
     assert next(r for r in rows if r.key == "metrics.port").default == 9464
-
-
-def test_validators_are_reusable() -> None:
-    assert cfg.port(443) == 443
-    assert cfg.positive_int("3") == 3
-    assert cfg.enum("a", "b")("b") == "b"
-    assert cfg.boolean("false") is False
-    assert cfg.path("/x") == Path("/x")
-    assert cfg.optional(cfg.port)(None) is None
-    with pytest.raises(Invalid, match="positive integer"):
-        cfg.positive_int(0)
-    with pytest.raises(Invalid, match="integer 2-4"):
-        cfg.int_range(2, 4)(5)
-
-
-def test_sections_declared_elsewhere_plug_in() -> None:
-    """A later module adds a section with setting()/section() and gets the same errors."""
-    from dataclasses import dataclass
-
-    @dataclass(frozen=True)
-    class Pool:
-        max_devices: int = cfg.setting(cfg.positive_int, 8, "Most devices per pool.")
-
-    @dataclass(frozen=True)
-    class Root:
-        pool: Pool = cfg.setting(cfg.section(Pool), Pool(), "A pool.")
-
-    assert cfg.parse_section(Root, {"pool": {"maxDevices": 3}}) == Root(Pool(3))
-    with pytest.raises(Invalid) as info:
-        cfg.parse_section(Root, {"pool": {"maxDevices": -1, "maxDevice": 1}})
-    assert {cfg.dotted(p.path) for p in info.value.problems} == {
-        "pool.maxDevices",
-        "pool.maxDevice",
-    }

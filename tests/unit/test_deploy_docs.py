@@ -24,8 +24,8 @@ import yaml
 
 from nicwarden.agent import ctl, daemon
 from nicwarden.agent.config import AgentConfig, load_config, settings_reference, to_plain_dict
+from nicwarden.agent.devices.spec import parse_sriov
 from nicwarden.agent.errors import ConfigError
-from nicwarden.agent.sriov import parse_sriov
 from nicwarden.deviceplugin.config import parse_resource_list
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,6 +37,7 @@ OPERATOR_DOCS = [
     "upgrade.md",
     "uninstall.md",
     "troubleshooting.md",
+    "dra.md",
 ]
 
 
@@ -346,7 +347,7 @@ def _agent_code_matches(pattern: str, exclude: tuple[str, ...]) -> bool:
 # Each note says a feature is missing: name -> does the code have it now?
 FEATURES = {
     # The daemon runs the sriov plan/converge loop.
-    "sriov-provisioning": lambda: _agent_code_matches(r"\bconverge\(", ("agent/sriov.py",)),
+    "sriov-provisioning": lambda: _agent_code_matches(r"\bconverge\(", ("agent/devices/",)),
     # The daemon starts the Kubernetes API source.
     "api-watch": lambda: _agent_code_matches(r"\bApiSource\(", ("agent/k8s/",)),
 }

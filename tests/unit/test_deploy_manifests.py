@@ -28,10 +28,10 @@ from kubernetes.client import ApiClient
 
 from nicwarden.agent import ctl, daemon
 from nicwarden.agent.config import load_config
+from nicwarden.agent.devices.spec import parse_sriov
 from nicwarden.agent.host.paths import HostPaths
 from nicwarden.agent.policy.mnp import POLICY_FOR, parse_policy
-from nicwarden.agent.sriov import parse_sriov
-from nicwarden.cni import shim
+from nicwarden.cni import install as shim_install
 from nicwarden.cni.install import PLUGIN_NAME
 from nicwarden.cni.request import Command, parse_request
 from nicwarden.deviceplugin.config import parse_resource_list
@@ -54,6 +54,16 @@ BUILTIN_MODELS = {
     ("rbac.authorization.k8s.io/v1", "ClusterRole"): "V1ClusterRole",
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): "V1ClusterRoleBinding",
     ("apiextensions.k8s.io/v1", "CustomResourceDefinition"): "V1CustomResourceDefinition",
+    ("resource.k8s.io/v1", "DeviceClass"): "V1DeviceClass",
+    ("resource.k8s.io/v1", "ResourceClaimTemplate"): "V1ResourceClaimTemplate",
+    (
+        "admissionregistration.k8s.io/v1",
+        "ValidatingAdmissionPolicy",
+    ): "V1ValidatingAdmissionPolicy",
+    (
+        "admissionregistration.k8s.io/v1",
+        "ValidatingAdmissionPolicyBinding",
+    ): "V1ValidatingAdmissionPolicyBinding",
 }
 CUSTOM_KINDS = {
     (f"{CNI_GROUP}/v1", "NetworkAttachmentDefinition"),
@@ -315,6 +325,10 @@ REQUIRED_HOST_MOUNTS: dict[str, tuple[bool, str | None]] = {
     "/var/lib/nicwarden": (False, None),
     "/lib/modules": (True, None),
     "/usr/src": (True, None),
+    # DRA: registration socket, DRA socket, per-claim CDI specs.
+    "/var/lib/kubelet/plugins_registry": (False, None),
+    "/var/lib/kubelet/plugins": (False, None),
+    "/var/run/cdi": (False, None),
 }
 
 
@@ -353,8 +367,6 @@ def test_init_container_installs_the_shim() -> None:
         "install-cni",
         "--dir",
         "/host/opt/cni/bin",
-        "--python",
-        "/usr/bin/python3",
     ]
     args = ctl.build_parser().parse_args(argv[1:])
     assert args.command == "install-cni" and args.local is ctl.cmd_install_cni
@@ -412,7 +424,7 @@ def test_configmap_validates_with_load_config() -> None:
 def test_config_sockets_are_where_the_shim_and_cli_look() -> None:
     cfg = load_agent_config()
     # The shim on the host does not read the agent's config.
-    assert str(cfg.cni_socket) == shim.DEFAULT_SOCKET
+    assert str(cfg.cni_socket) == shim_install.DEFAULT_SOCKET
     assert str(cfg.socket) == ctl.DEFAULT_SOCKET
     assert ipaddress.ip_address(cfg.metrics.address).is_loopback
 
@@ -482,14 +494,30 @@ EXPECTED_RULES = {
     (CNI_GROUP, "multi-networkpolicies", "watch"),
     ("", "events", "create"),
     ("", "events", "patch"),
+    *(
+        ("resource.k8s.io", "resourceslices", verb)
+        for verb in ("get", "list", "watch", "create", "update", "delete")
+    ),
+    ("resource.k8s.io", "resourceclaims", "get"),
+    ("resource.k8s.io", "resourceclaims/status", "get"),
+    ("resource.k8s.io", "resourceclaims/status", "patch"),
+    ("resource.k8s.io", "resourceclaims/driver", "associated-node:patch"),
+    ("resource.k8s.io", "resourceclaims/driver", "associated-node:update"),
 }
+# The one rule that may name resources: claim status is authorized per DRA
+# driver, and the agent's is the configured one.
+DRA_DRIVER_RULE = ("resource.k8s.io", "resourceclaims/driver")
 
 
 def test_cluster_role_is_exactly_least_privilege() -> None:
     role = one("ClusterRole", "nicwarden")
     granted = set()
     for rule in role["rules"]:
-        assert "nonResourceURLs" not in rule and "resourceNames" not in rule
+        assert "nonResourceURLs" not in rule
+        if "resourceNames" in rule:
+            assert [(g, r) for g in rule["apiGroups"] for r in rule["resources"]] == [
+                DRA_DRIVER_RULE
+            ], rule
         for field in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[field], f"wildcard in {field}: {rule}"
         for group in rule["apiGroups"]:
@@ -803,8 +831,41 @@ def add_env(ifname: str = "net1") -> dict[str, str]:
     }
 
 
+def dra_resources() -> set[str]:
+    """``<pod claim>/<request>`` of the example pods' ResourceClaims: the form
+    Multus takes in a NAD's resourceName to find a DRA-allocated device."""
+    templates = {d.name: d.body for d in docs_of("ResourceClaimTemplate", "examples")}
+    out = set()
+    for doc in docs_of("Pod", "examples"):
+        for claim in doc.body["spec"].get("resourceClaims", []):
+            template = templates[claim["resourceClaimTemplateName"]]
+            for request in template["spec"]["spec"]["devices"]["requests"]:
+                out.add(f"{claim['name']}/{request['name']}")
+    return out
+
+
+def test_example_dra_objects_fit_together() -> None:
+    classes = {d.name for d in docs_of("DeviceClass", "examples")}
+    cfg = load_agent_config()
+    for doc in docs_of("ResourceClaimTemplate", "examples"):
+        spec = doc.body["spec"]["spec"]["devices"]
+        for request in spec["requests"]:
+            assert request["exactly"]["deviceClassName"] in classes, doc
+        for config in spec.get("config", []):
+            assert config["opaque"]["driver"] in classes, doc  # class named after the driver
+    for doc in docs_of("Pod", "examples"):
+        claims = {c["name"] for c in doc.body["spec"].get("resourceClaims", [])}
+        used = {
+            c["name"]
+            for k in doc.body["spec"]["containers"]
+            for c in k["resources"].get("claims", [])
+        }
+        assert used == claims, doc
+    assert cfg.dra.driver is None or cfg.dra.driver in classes
+
+
 def test_example_nads_name_their_networks_and_our_plugin() -> None:
-    assert len(nads()) == 3
+    assert len(nads()) == 4
     for (_, name), nad in nads().items():
         conf = json.loads(nad["spec"]["config"])
         assert conf["name"] == name  # the network name Multus and the agent key on
@@ -826,7 +887,7 @@ def test_example_nads_parse_as_an_add_from_multus() -> None:
         ours = next(c for c in configs if c["type"] == PLUGIN_NAME)
         stdin = dict(ours)
         if resource is not None:
-            assert resource in pools, (name, resource)
+            assert resource in pools | dra_resources(), (name, resource)
             # Multus injects the allocated VF as top-level deviceID and pciBusID.
             stdin |= {"deviceID": "0000:18:01.2", "pciBusID": "0000:18:01.2"}
         if configs.index(ours) > 0:
@@ -874,6 +935,9 @@ def test_example_pods_use_defined_networks_and_their_resources() -> None:
         for key in _network_names(doc.body):
             assert key in defined, (doc, key)
             resource = defined[key]["metadata"].get("annotations", {}).get(RESOURCE_NAME)
+            claims = {c["name"] for c in doc.body["spec"].get("resourceClaims", [])}
+            if resource and resource.split("/")[0] in claims:
+                continue  # a DRA claim of this pod, not a device plugin resource
             if resource:
                 wanted[resource] = wanted.get(resource, 0) + 1
         limits = {
@@ -962,6 +1026,7 @@ def test_kustomization_lists_the_install_manifests() -> None:
         "crds/network-attachment-definitions.yaml",
         "crds/multi-networkpolicies.yaml",
         "rbac.yaml",
+        "dra-admission.yaml",
         "configmap.yaml",
         "daemonset.yaml",
     }

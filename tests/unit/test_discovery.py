@@ -9,7 +9,7 @@ from nicwarden.agent.host.discovery import scan
 from nicwarden.agent.host.paths import HostPaths
 from nicwarden.agent.host.sysfs import check_root
 from nicwarden.agent.model import PF, VF
-from tests.fake_sysfs import FakeSysfs
+from tests.support.fake_sysfs import FakeSysfs
 
 PF0, VF0, VF1 = "0000:18:00.0", "0000:18:01.0", "0000:18:01.1"
 

@@ -7,13 +7,14 @@ from typing import Any
 
 import pytest
 
-from nicwarden.agent.errors import InvalidArgument, mapping_for
+from nicwarden.agent.api_status import grpc_code
+from nicwarden.agent.errors import InvalidArgument
 from nicwarden.agent.host.paths import HostPaths
 from nicwarden.deviceplugin.allocate import DeviceUnhealthy, allocate
 from nicwarden.deviceplugin.config import parse_resource_list
 from nicwarden.deviceplugin.state import PoolState, evaluate
 from nicwarden.proto.deviceplugin.v1beta1 import api_pb2
-from tests.kubelet_fake import PfSpec, VfSpec, build_inventory, make_vfio_nodes, vf_address
+from tests.support.kubelet_fake import PfSpec, VfSpec, build_inventory, make_vfio_nodes, vf_address
 
 PF = "0000:18:00.0"
 PF2 = "0000:5e:00.0"
@@ -30,12 +31,12 @@ class Recorder:
 def pool(
     tmp: Path, vfs: list[VfSpec], selectors: dict[str, Any] | None = None, pf_state: str = "up"
 ) -> PoolState:
-    inv = build_inventory([PfSpec(PF, operstate=pf_state, vfs=vfs)])
+    inv = build_inventory([PfSpec(PF, operstate=pf_state, vfs=vfs)], dev=tmp / "dev")
     entry: dict[str, Any] = {"resourceName": "net", "resourcePrefix": "intel.com"}
     if selectors is not None:
         entry["selectors"] = selectors
     configs = parse_resource_list([entry], "x.io").pools
-    return evaluate(inv, configs, HostPaths(dev=tmp / "dev"))["net"]
+    return evaluate(inv, configs)["net"]
 
 
 def request(*containers: list[str]) -> api_pb2.AllocateRequest:
@@ -145,7 +146,7 @@ def test_unknown_ids_are_invalid_argument_and_write_nothing(tmp_path: Path) -> N
     with pytest.raises(InvalidArgument) as err:
         run(tmp_path, state, [vf_address(PF, 0)], ["0000:99:00.1", "bogus"], recorder=rec)
     assert "0000:99:00.1" in str(err.value) and "bogus" in str(err.value)
-    assert mapping_for(err.value).grpc_code.name == "INVALID_ARGUMENT"
+    assert grpc_code(err.value).name == "INVALID_ARGUMENT"
     assert not (tmp_path / "devinfo").exists()
     assert rec.calls == []
 
@@ -156,17 +157,17 @@ def test_unhealthy_ids_are_failed_precondition(tmp_path: Path) -> None:
         run(tmp_path, state, [vf_address(PF, 0), vf_address(PF, 1)])
     assert vf_address(PF, 1) in str(err.value) and "down" in str(err.value)
     assert vf_address(PF, 0) not in str(err.value)
-    assert mapping_for(err.value).grpc_code.name == "FAILED_PRECONDITION"
+    assert grpc_code(err.value).name == "FAILED_PRECONDITION"
 
 
-def test_health_is_rechecked_at_allocation(tmp_path: Path) -> None:
-    """Advertised Healthy, but the vfio node vanished since: refused."""
+def test_a_snapshot_without_the_vfio_node_refuses_allocation(tmp_path: Path) -> None:
+    """The vfio node vanished (udev's event rescanned the inventory): refused."""
     dev = tmp_path / "dev"
     make_vfio_nodes(dev, [3])
-    state = pool(tmp_path, [VfSpec(0, "vfio-pci", 3, None)])
-    assert state.devices[0].healthy
+    assert pool(tmp_path, [VfSpec(0, "vfio-pci", 3, None)]).devices[0].healthy
     (dev / "vfio" / "3").unlink()
-    with pytest.raises(DeviceUnhealthy, match="missing"):
+    state = pool(tmp_path, [VfSpec(0, "vfio-pci", 3, None)])
+    with pytest.raises(DeviceUnhealthy, match="vfio node of IOMMU group 3 is missing"):
         run(tmp_path, state, [vf_address(PF, 0)])
 
 

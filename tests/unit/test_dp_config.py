@@ -5,15 +5,14 @@ from typing import Any
 
 import pytest
 
+from nicwarden.agent.pci_address import normalize_pci_address
+from nicwarden.agent.vf_ranges import VfRange, parse_vf_ranges
 from nicwarden.deviceplugin.config import (
     DeviceRef,
     PoolConfig,
     Selector,
-    VfRange,
     load_resource_list,
-    normalize_pci_address,
     parse_resource_list,
-    parse_vf_ranges,
 )
 
 PREFIX = "example.com"
@@ -36,9 +35,7 @@ def one(entry: dict[str, Any]) -> PoolConfig:
     ],
 )
 def test_vf_ranges(text: str, expected: tuple[tuple[int, int], ...]) -> None:
-    ranges, problem = parse_vf_ranges(text)
-    assert problem == ""
-    assert ranges == tuple(VfRange(a, b) for a, b in expected)
+    assert parse_vf_ranges(text) == tuple(VfRange(a, b) for a, b in expected)
 
 
 @pytest.mark.parametrize(
@@ -54,9 +51,8 @@ def test_vf_ranges(text: str, expected: tuple[tuple[int, int], ...]) -> None:
     ],
 )
 def test_bad_vf_ranges(text: str, fragment: str) -> None:
-    ranges, problem = parse_vf_ranges(text)
-    assert ranges is None
-    assert fragment in problem
+    with pytest.raises(ValueError, match=fragment):
+        parse_vf_ranges(text)
 
 
 def test_full_pool() -> None:

@@ -5,12 +5,18 @@ from typing import Any
 
 import pytest
 
-from nicwarden.agent.host.paths import HostPaths
 from nicwarden.agent.model import Inventory
 from nicwarden.deviceplugin.config import PoolConfig, parse_resource_list
 from nicwarden.deviceplugin.pools import build_pools
 from nicwarden.deviceplugin.state import evaluate
-from tests.kubelet_fake import PfSpec, VfSpec, build_inventory, kernel_vfs, vf_address, vfio_vfs
+from tests.support.kubelet_fake import (
+    PfSpec,
+    VfSpec,
+    build_inventory,
+    kernel_vfs,
+    vf_address,
+    vfio_vfs,
+)
 
 PF0 = "0000:18:00.0"
 PF1 = "0000:5e:00.0"
@@ -133,10 +139,10 @@ def test_wire_topology_rules(tmp_path: Path) -> None:
     plain, flat = configs(
         {"resourceName": "plain"}, {"resourceName": "flat", "excludeTopology": True}
     )
-    states = evaluate(inv, [plain], HostPaths(dev=tmp_path))
+    states = evaluate(inv, [plain])
     assert states["plain"].wire == (
         (vf_address(PF0, 0), "Healthy", None),
         (vf_address(PF1, 0), "Healthy", 1),
     )
-    states = evaluate(inv, [flat], HostPaths(dev=tmp_path))
+    states = evaluate(inv, [flat])
     assert [numa for _, _, numa in states["flat"].wire] == [None, None]

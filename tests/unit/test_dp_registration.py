@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nicwarden.deviceplugin.registration import Backoff, Registration, register_request
+from nicwarden.agent.backoff import Backoff, BackoffPolicy
+from nicwarden.deviceplugin.registration import Registration, register_request
 
 
 def test_request_fields() -> None:
@@ -16,7 +17,7 @@ def test_request_fields() -> None:
 
 
 def test_backoff_doubles_and_caps(tmp_path: Path) -> None:
-    reg = Registration(Backoff(initial=0.5, maximum=3.0))
+    reg = Registration(Backoff(BackoffPolicy(initial=0.5, cap=3.0, jitter=0.0)))
     req = register_request("intel.com/net", "nicwarden-net.sock")
     delays = []
     for _ in range(6):

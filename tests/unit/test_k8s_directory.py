@@ -16,7 +16,7 @@ import yaml
 
 from nicwarden.agent.k8s import DirectorySource, SourceProblem, directory
 from nicwarden.agent.policy import Action, Event
-from tests.k8s_apiserver import EventLog, wait_until
+from tests.support.k8s_apiserver import EventLog, wait_until
 
 # The documented contract is "within 1 s"; polls run every 0.2 s.
 CONTRACT = 1.0

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from nicwarden.agent.k8s.backoff import Backoff, BackoffPolicy
+from nicwarden.agent.backoff import Backoff, BackoffPolicy
 from nicwarden.agent.k8s.kinds import RESOURCES, object_key
 from nicwarden.agent.k8s.ledger import Ledger
 from nicwarden.agent.policy import Event

@@ -84,9 +84,11 @@ def test_open_creates_private_state_dir_and_current_schema(tmp_path: Path) -> No
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
-def test_connection_is_durable_and_enforces_foreign_keys(store: Store) -> None:
+def test_connection_survives_a_crash_and_enforces_foreign_keys(store: Store) -> None:
     conn = store._connection()
-    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    # WAL + NORMAL: durable against the agent being killed (see _configure).
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] > 0
 

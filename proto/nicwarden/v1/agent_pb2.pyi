@@ -79,7 +79,7 @@ class Netdev(_message.Message):
     def __init__(self, name: _Optional[str] = ..., mac: _Optional[str] = ..., mtu: _Optional[int] = ..., operstate: _Optional[str] = ..., carrier: _Optional[bool] = ..., link_type: _Optional[str] = ..., ifindex: _Optional[int] = ...) -> None: ...
 
 class Device(_message.Message):
-    __slots__ = ("pci_address", "role", "vendor", "device", "driver", "numa_node", "iommu_group", "netdev", "pf_address", "pf_name", "vf_index", "total_vfs", "num_vfs", "healthy", "health_detail", "vfs")
+    __slots__ = ("pci_address", "role", "vendor", "device", "driver", "numa_node", "iommu_group", "netdev", "pf_address", "pf_name", "vf_index", "total_vfs", "num_vfs", "healthy", "health_detail", "vfs", "frontend")
     PCI_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     VENDOR_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +96,7 @@ class Device(_message.Message):
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
     HEALTH_DETAIL_FIELD_NUMBER: _ClassVar[int]
     VFS_FIELD_NUMBER: _ClassVar[int]
+    FRONTEND_FIELD_NUMBER: _ClassVar[int]
     pci_address: str
     role: DeviceRole
     vendor: str
@@ -112,31 +113,38 @@ class Device(_message.Message):
     healthy: bool
     health_detail: str
     vfs: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, pci_address: _Optional[str] = ..., role: _Optional[_Union[DeviceRole, str]] = ..., vendor: _Optional[str] = ..., device: _Optional[str] = ..., driver: _Optional[str] = ..., numa_node: _Optional[int] = ..., iommu_group: _Optional[int] = ..., netdev: _Optional[_Union[Netdev, _Mapping]] = ..., pf_address: _Optional[str] = ..., pf_name: _Optional[str] = ..., vf_index: _Optional[int] = ..., total_vfs: _Optional[int] = ..., num_vfs: _Optional[int] = ..., healthy: _Optional[bool] = ..., health_detail: _Optional[str] = ..., vfs: _Optional[_Iterable[str]] = ...) -> None: ...
+    frontend: str
+    def __init__(self, pci_address: _Optional[str] = ..., role: _Optional[_Union[DeviceRole, str]] = ..., vendor: _Optional[str] = ..., device: _Optional[str] = ..., driver: _Optional[str] = ..., numa_node: _Optional[int] = ..., iommu_group: _Optional[int] = ..., netdev: _Optional[_Union[Netdev, _Mapping]] = ..., pf_address: _Optional[str] = ..., pf_name: _Optional[str] = ..., vf_index: _Optional[int] = ..., total_vfs: _Optional[int] = ..., num_vfs: _Optional[int] = ..., healthy: _Optional[bool] = ..., health_detail: _Optional[str] = ..., vfs: _Optional[_Iterable[str]] = ..., frontend: _Optional[str] = ...) -> None: ...
 
 class ListDevicesRequest(_message.Message):
-    __slots__ = ("role", "pf", "driver", "vendor", "device", "numa_node")
+    __slots__ = ("role", "pf", "driver", "vendor", "device", "numa_node", "page_size", "page_token")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     PF_FIELD_NUMBER: _ClassVar[int]
     DRIVER_FIELD_NUMBER: _ClassVar[int]
     VENDOR_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     NUMA_NODE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     role: DeviceRole
     pf: str
     driver: str
     vendor: str
     device: str
     numa_node: int
-    def __init__(self, role: _Optional[_Union[DeviceRole, str]] = ..., pf: _Optional[str] = ..., driver: _Optional[str] = ..., vendor: _Optional[str] = ..., device: _Optional[str] = ..., numa_node: _Optional[int] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, role: _Optional[_Union[DeviceRole, str]] = ..., pf: _Optional[str] = ..., driver: _Optional[str] = ..., vendor: _Optional[str] = ..., device: _Optional[str] = ..., numa_node: _Optional[int] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListDevicesResponse(_message.Message):
-    __slots__ = ("devices", "generation")
+    __slots__ = ("devices", "generation", "next_page_token")
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     devices: _containers.RepeatedCompositeFieldContainer[Device]
     generation: int
-    def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., generation: _Optional[int] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., generation: _Optional[int] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetDeviceRequest(_message.Message):
     __slots__ = ("id",)
@@ -145,8 +153,12 @@ class GetDeviceRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class ListPoolsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class PoolDevice(_message.Message):
     __slots__ = ("id", "health", "problem", "numa_node", "pf_address", "pf_name", "driver", "iommu_group")
@@ -189,18 +201,24 @@ class Pool(_message.Message):
     def __init__(self, name: _Optional[str] = ..., resource: _Optional[str] = ..., socket: _Optional[str] = ..., device_count: _Optional[int] = ..., healthy_count: _Optional[int] = ..., registered: _Optional[bool] = ..., last_error: _Optional[str] = ..., devices: _Optional[_Iterable[_Union[PoolDevice, _Mapping]]] = ...) -> None: ...
 
 class ListPoolsResponse(_message.Message):
-    __slots__ = ("pools", "config_errors")
+    __slots__ = ("pools", "config_errors", "next_page_token")
     POOLS_FIELD_NUMBER: _ClassVar[int]
     CONFIG_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     pools: _containers.RepeatedCompositeFieldContainer[Pool]
     config_errors: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, pools: _Optional[_Iterable[_Union[Pool, _Mapping]]] = ..., config_errors: _Optional[_Iterable[str]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, pools: _Optional[_Iterable[_Union[Pool, _Mapping]]] = ..., config_errors: _Optional[_Iterable[str]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ListAllocationsRequest(_message.Message):
-    __slots__ = ("resource",)
+    __slots__ = ("resource", "page_size", "page_token")
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     resource: str
-    def __init__(self, resource: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, resource: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class Allocation(_message.Message):
     __slots__ = ("resource", "device_id", "pod_namespace", "pod_name", "pod_uid", "allocated_at")
@@ -219,14 +237,80 @@ class Allocation(_message.Message):
     def __init__(self, resource: _Optional[str] = ..., device_id: _Optional[str] = ..., pod_namespace: _Optional[str] = ..., pod_name: _Optional[str] = ..., pod_uid: _Optional[str] = ..., allocated_at: _Optional[float] = ...) -> None: ...
 
 class ListAllocationsResponse(_message.Message):
-    __slots__ = ("allocations",)
+    __slots__ = ("allocations", "next_page_token")
     ALLOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     allocations: _containers.RepeatedCompositeFieldContainer[Allocation]
-    def __init__(self, allocations: _Optional[_Iterable[_Union[Allocation, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, allocations: _Optional[_Iterable[_Union[Allocation, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ListClaimsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ClaimDevice(_message.Message):
+    __slots__ = ("request", "pool", "device", "pci_address", "driver", "cdi_id", "attachment", "pod", "attachment_state")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    PCI_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_FIELD_NUMBER: _ClassVar[int]
+    CDI_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENT_FIELD_NUMBER: _ClassVar[int]
+    POD_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENT_STATE_FIELD_NUMBER: _ClassVar[int]
+    request: str
+    pool: str
+    device: str
+    pci_address: str
+    driver: str
+    cdi_id: str
+    attachment: str
+    pod: str
+    attachment_state: str
+    def __init__(self, request: _Optional[str] = ..., pool: _Optional[str] = ..., device: _Optional[str] = ..., pci_address: _Optional[str] = ..., driver: _Optional[str] = ..., cdi_id: _Optional[str] = ..., attachment: _Optional[str] = ..., pod: _Optional[str] = ..., attachment_state: _Optional[str] = ...) -> None: ...
+
+class Claim(_message.Message):
+    __slots__ = ("uid", "namespace", "name", "state", "cdi_ids", "devices", "prepared_at", "updated_at")
+    UID_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CDI_IDS_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    PREPARED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    uid: str
+    namespace: str
+    name: str
+    state: str
+    cdi_ids: _containers.RepeatedScalarFieldContainer[str]
+    devices: _containers.RepeatedCompositeFieldContainer[ClaimDevice]
+    prepared_at: float
+    updated_at: float
+    def __init__(self, uid: _Optional[str] = ..., namespace: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., cdi_ids: _Optional[_Iterable[str]] = ..., devices: _Optional[_Iterable[_Union[ClaimDevice, _Mapping]]] = ..., prepared_at: _Optional[float] = ..., updated_at: _Optional[float] = ...) -> None: ...
+
+class ListClaimsResponse(_message.Message):
+    __slots__ = ("claims", "next_page_token", "driver")
+    CLAIMS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_FIELD_NUMBER: _ClassVar[int]
+    claims: _containers.RepeatedCompositeFieldContainer[Claim]
+    next_page_token: str
+    driver: str
+    def __init__(self, claims: _Optional[_Iterable[_Union[Claim, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., driver: _Optional[str] = ...) -> None: ...
 
 class ListAttachmentsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class GetAttachmentRequest(_message.Message):
     __slots__ = ("container_id",)
@@ -263,47 +347,36 @@ class Attachment(_message.Message):
     def __init__(self, container_id: _Optional[str] = ..., ifname: _Optional[str] = ..., network: _Optional[str] = ..., netns: _Optional[str] = ..., device: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[str] = ..., pod_namespace: _Optional[str] = ..., pod_name: _Optional[str] = ..., pod_uid: _Optional[str] = ..., result_json: _Optional[str] = ..., created: _Optional[float] = ...) -> None: ...
 
 class ListAttachmentsResponse(_message.Message):
-    __slots__ = ("attachments",)
+    __slots__ = ("attachments", "next_page_token")
     ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     attachments: _containers.RepeatedCompositeFieldContainer[Attachment]
-    def __init__(self, attachments: _Optional[_Iterable[_Union[Attachment, _Mapping]]] = ...) -> None: ...
-
-class CniInvocation(_message.Message):
-    __slots__ = ("cni_env", "cni_config")
-    class CniEnvEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: str
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
-    CNI_ENV_FIELD_NUMBER: _ClassVar[int]
-    CNI_CONFIG_FIELD_NUMBER: _ClassVar[int]
-    cni_env: _containers.ScalarMap[str, str]
-    cni_config: str
-    def __init__(self, cni_env: _Optional[_Mapping[str, str]] = ..., cni_config: _Optional[str] = ...) -> None: ...
-
-class CniReply(_message.Message):
-    __slots__ = ("exit_code", "output")
-    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
-    OUTPUT_FIELD_NUMBER: _ClassVar[int]
-    exit_code: int
-    output: str
-    def __init__(self, exit_code: _Optional[int] = ..., output: _Optional[str] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, attachments: _Optional[_Iterable[_Union[Attachment, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ReconcileRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("adopt", "release")
+    ADOPT_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    adopt: str
+    release: str
+    def __init__(self, adopt: _Optional[str] = ..., release: _Optional[str] = ...) -> None: ...
 
 class ReconcileResponse(_message.Message):
-    __slots__ = ("actions",)
+    __slots__ = ("actions", "unexplained")
     ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    UNEXPLAINED_FIELD_NUMBER: _ClassVar[int]
     actions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, actions: _Optional[_Iterable[str]] = ...) -> None: ...
+    unexplained: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, actions: _Optional[_Iterable[str]] = ..., unexplained: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListPoliciesRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class PolicedInterfaceStatus(_message.Message):
     __slots__ = ("key", "pod", "ifname", "network", "ingress_isolated", "egress_isolated", "ingress_entries", "egress_entries", "policies", "errors", "generation", "digest", "counters")
@@ -357,18 +430,20 @@ class PolicyObjectStatus(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., key: _Optional[str] = ..., ok: _Optional[bool] = ..., errors: _Optional[_Iterable[str]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListPoliciesResponse(_message.Message):
-    __slots__ = ("interfaces", "objects", "datapath_ok", "datapath_error", "source_synced")
+    __slots__ = ("interfaces", "objects", "datapath_ok", "datapath_error", "source_synced", "next_page_token")
     INTERFACES_FIELD_NUMBER: _ClassVar[int]
     OBJECTS_FIELD_NUMBER: _ClassVar[int]
     DATAPATH_OK_FIELD_NUMBER: _ClassVar[int]
     DATAPATH_ERROR_FIELD_NUMBER: _ClassVar[int]
     SOURCE_SYNCED_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     interfaces: _containers.RepeatedCompositeFieldContainer[PolicedInterfaceStatus]
     objects: _containers.RepeatedCompositeFieldContainer[PolicyObjectStatus]
     datapath_ok: bool
     datapath_error: str
     source_synced: bool
-    def __init__(self, interfaces: _Optional[_Iterable[_Union[PolicedInterfaceStatus, _Mapping]]] = ..., objects: _Optional[_Iterable[_Union[PolicyObjectStatus, _Mapping]]] = ..., datapath_ok: _Optional[bool] = ..., datapath_error: _Optional[str] = ..., source_synced: _Optional[bool] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, interfaces: _Optional[_Iterable[_Union[PolicedInterfaceStatus, _Mapping]]] = ..., objects: _Optional[_Iterable[_Union[PolicyObjectStatus, _Mapping]]] = ..., datapath_ok: _Optional[bool] = ..., datapath_error: _Optional[str] = ..., source_synced: _Optional[bool] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class SetNumVfsRequest(_message.Message):
     __slots__ = ("pf", "num_vfs")

@@ -64,6 +64,11 @@ class AgentStub:
                 request_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListAllocationsRequest.SerializeToString,
                 response_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListAllocationsResponse.FromString,
                 _registered_method=True)
+        self.ListClaims = channel.unary_unary(
+                '/nicwarden.v1.Agent/ListClaims',
+                request_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListClaimsRequest.SerializeToString,
+                response_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListClaimsResponse.FromString,
+                _registered_method=True)
         self.ListAttachments = channel.unary_unary(
                 '/nicwarden.v1.Agent/ListAttachments',
                 request_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListAttachmentsRequest.SerializeToString,
@@ -73,16 +78,6 @@ class AgentStub:
                 '/nicwarden.v1.Agent/GetAttachment',
                 request_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.GetAttachmentRequest.SerializeToString,
                 response_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListAttachmentsResponse.FromString,
-                _registered_method=True)
-        self.Attach = channel.unary_unary(
-                '/nicwarden.v1.Agent/Attach',
-                request_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.CniInvocation.SerializeToString,
-                response_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.CniReply.FromString,
-                _registered_method=True)
-        self.Detach = channel.unary_unary(
-                '/nicwarden.v1.Agent/Detach',
-                request_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.CniInvocation.SerializeToString,
-                response_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.CniReply.FromString,
                 _registered_method=True)
         self.Reconcile = channel.unary_unary(
                 '/nicwarden.v1.Agent/Reconcile',
@@ -156,27 +151,22 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListClaims(self, request, context):
+        """ResourceClaims this node prepared through DRA (from the agent's checkpoint).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListAttachments(self, request, context):
-        """Pod attachments. Attach/Detach run the same service as the CNI shim:
-        `cni_env` and `cni_config` are exactly what a runtime would pass.
+        """Pod attachments (read-only here: attaching is the CNI endpoint's job,
+        behind its readiness gate and locks).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetAttachment(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Attach(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Detach(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -254,6 +244,11 @@ def add_AgentServicer_to_server(servicer, server):
                     request_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListAllocationsRequest.FromString,
                     response_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListAllocationsResponse.SerializeToString,
             ),
+            'ListClaims': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListClaims,
+                    request_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListClaimsRequest.FromString,
+                    response_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListClaimsResponse.SerializeToString,
+            ),
             'ListAttachments': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAttachments,
                     request_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListAttachmentsRequest.FromString,
@@ -263,16 +258,6 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.GetAttachment,
                     request_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.GetAttachmentRequest.FromString,
                     response_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListAttachmentsResponse.SerializeToString,
-            ),
-            'Attach': grpc.unary_unary_rpc_method_handler(
-                    servicer.Attach,
-                    request_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.CniInvocation.FromString,
-                    response_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.CniReply.SerializeToString,
-            ),
-            'Detach': grpc.unary_unary_rpc_method_handler(
-                    servicer.Detach,
-                    request_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.CniInvocation.FromString,
-                    response_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.CniReply.SerializeToString,
             ),
             'Reconcile': grpc.unary_unary_rpc_method_handler(
                     servicer.Reconcile,
@@ -478,6 +463,33 @@ class Agent:
             _registered_method=True)
 
     @staticmethod
+    def ListClaims(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nicwarden.v1.Agent/ListClaims',
+            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListClaimsRequest.SerializeToString,
+            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListClaimsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListAttachments(request,
             target,
             options=(),
@@ -521,60 +533,6 @@ class Agent:
             '/nicwarden.v1.Agent/GetAttachment',
             nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.GetAttachmentRequest.SerializeToString,
             nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListAttachmentsResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Attach(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/nicwarden.v1.Agent/Attach',
-            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.CniInvocation.SerializeToString,
-            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.CniReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Detach(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/nicwarden.v1.Agent/Detach',
-            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.CniInvocation.SerializeToString,
-            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.CniReply.FromString,
             options,
             channel_credentials,
             insecure,

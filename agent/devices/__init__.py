@@ -1,0 +1,1 @@
+"""Device management: SR-IOV provisioning, driver binding and VF settings."""
