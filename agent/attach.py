@@ -70,6 +70,9 @@ class AttachContext:
     # Why a VF must not be handed out though no attachment holds it (it is
     # out of place with nothing on record to explain it), or None.
     blocked: Callable[[str], str | None] = lambda _address: None
+    # Why an ADD may not take a VF whose front-end needs an allocation on
+    # record first (a VF DRA offers and no prepared claim holds), or None.
+    unclaimed: Callable[[str], str | None] = lambda _address: None
 
 
 class KeyedLocks:
@@ -209,6 +212,9 @@ class AttachService:
                 f"container {key.container_id} already has {key.ifname} on network"
                 f" {key.network}: DEL it first"
             )
+        why_not = self.ctx.unclaimed(vf.address)
+        if why_not is not None:
+            raise CniError(INVALID_CONFIG, f"deviceID {vf.address} refused: {why_not}")
         holder = self.ctx.store.attachment_for_device(vf.address)
         if holder is None:
             why = self.ctx.blocked(vf.address)

@@ -50,6 +50,8 @@ class _Local:
 
     target: PolicedInterface
     netns: str
+    ips: tuple[IPAddress, ...] = ()
+    hardened: bool = False  # the strict host model is set on it
     iface: IfaceKey | None = None  # the datapath's key once attached
     generation: dict[str, int] = field(default_factory=dict)
     digest: str = ""
@@ -315,15 +317,32 @@ class PolicyEnforcer:
         if not att.pod_name or att.kind == "dpdk":
             return  # no pod identity to select on, or no kernel interface to police
         target = self._target_of(att)
-        self._locals[target.key] = _Local(target=target, netns=att.netns)
-        if self.strict_host_model is not None:
-            try:
-                self.strict_host_model(att.netns, att.ifname, attachment_ips(att))
-            except Exception as e:  # the pod's netns may be gone already
-                log.warning(
-                    "cannot set the strict host model",
-                    extra={"iface": str(target.key), "error": str(e)},
-                )
+        local = _Local(target=target, netns=att.netns, ips=attachment_ips(att))
+        self._locals[target.key] = local
+        # A pod that already has a policed interface gets the strict host
+        # model on its new one too, so neither answers for the other.
+        if any(o.hardened and o.netns == att.netns for o in self._locals.values()):
+            self._harden(local)
+
+    def _harden_netns(self, netns: str) -> None:
+        """The strict host model on every interface of a pod whose interface
+        a policy has just isolated. Only then does the weak host model open a
+        bypass; setting it on every ADD cost ~15-25 ms per pod for nothing."""
+        for local in self._locals.values():
+            if local.netns == netns and not local.hardened:
+                self._harden(local)
+
+    def _harden(self, local: _Local) -> None:
+        if self.strict_host_model is None:
+            return
+        try:
+            self.strict_host_model(local.netns, local.target.ifname, local.ips)
+            local.hardened = True
+        except Exception as e:  # the pod's netns may be gone already
+            log.warning(
+                "cannot set the strict host model",
+                extra={"iface": str(local.target.key), "error": str(e)},
+            )
 
     def _retarget(self) -> None:
         changed = self.engine.set_targets([loc.target for loc in self._locals.values()])
@@ -403,6 +422,8 @@ class PolicyEnforcer:
         from nicwarden.bpf.layout import Direction
 
         try:
+            if isolated and not local.hardened:  # also after a restart's adoption
+                self._harden_netns(local.netns)
             if local.iface is None:
                 local.iface = self.datapath.attach(local.netns, local.target.ifname)
             for name, direction, table in (
@@ -455,6 +476,24 @@ class PolicyEnforcer:
                     }
                 )
         return out
+
+    def policed(self) -> list[tuple[str, str, str, str, IfaceKey | None, dict[str, int], float]]:
+        """(namespace, pod, network, ifname, datapath key, generation by
+        direction, last successful apply) of each policed interface: what
+        the metrics label the datapath's counters with."""
+        with self._lock:
+            return [
+                (
+                    loc.target.namespace,
+                    loc.target.pod,
+                    loc.target.network,
+                    loc.target.ifname,
+                    loc.iface,
+                    dict(loc.generation),
+                    loc.applied_at,
+                )
+                for _key, loc in sorted(self._locals.items())
+            ]
 
     def objects(self) -> list[dict[str, Any]]:
         with self._lock:

@@ -115,6 +115,7 @@ class AgentRuntime:
         self._start_cni()
         self._start_deviceplugin()
         self._start_dra()
+        self._start_collectors()
         self._reconciler = threading.Thread(
             target=self._reconcile_loop, name="reconcile", daemon=True
         )
@@ -207,12 +208,49 @@ class AgentRuntime:
         recover_devices(self.devices)
         self.converge()
 
+    def _start_collectors(self) -> None:
+        """Scrape-time metrics. VF counters come from the PF's netlink
+        statistics on a node, from each VF netdev's own counters on a
+        simulated node (its veths have no PF-side statistics)."""
+        from nicwarden.agent.host.vfstats import (
+            NetdevVfStatsReader,
+            NetlinkVfStatsReader,
+            VfStatsReader,
+        )
+        from nicwarden.agent.metrics_collect import (
+            PodDeviceCollector,
+            PolicyCollector,
+            PoolCollector,
+            VfStatsCollector,
+        )
+
+        store = self.store
+        assert store is not None
+        reader: VfStatsReader
+        if self.sim is not None:
+            reader = NetdevVfStatsReader(self.sim.alias, self._vf_netns)
+        else:
+            reader = NetlinkVfStatsReader(self.paths)
+        for collector in (
+            VfStatsCollector(self.inventory.snapshot, reader),
+            PodDeviceCollector(store.list_attachments, store.allocations),
+            PoolCollector(lambda: self.deviceplugin, store.allocations),
+            PolicyCollector(lambda: self.enforcer),
+        ):
+            self.metrics.add_collector(collector)
+
+    def _vf_netns(self, address: str) -> str | None:
+        """The netns a VF was moved to, from its attachment."""
+        assert self.store is not None
+        att = self.store.attachment_for_device(address)
+        return att.netns if att is not None else None
+
     def _start_cni(self) -> None:
         attach = self.attach
         assert attach is not None
         self.cni_server = CniHttpServer(
             self.config.cni_socket,
-            lambda env, stdin: handle_invocation(env, stdin, attach),
+            self.metrics.timed_cni(lambda env, stdin: handle_invocation(env, stdin, attach)),
             ready=self.inventory.ready.is_set,
         )
         self.cni_server.start()
@@ -233,6 +271,7 @@ class AgentRuntime:
             blocked=self.audit.blocked if self.audit is not None else None,
             # Each VF has one front-end: what DRA offers is never in a pool.
             exclude=lambda vf, pf: dra_matches(self.config.dra, vf, pf),
+            on_allocate=self.metrics.allocate_done,
         )
         for issue in self.deviceplugin.config_errors():
             log.error("invalid device plugin pool", extra={"problem": str(issue)})
@@ -255,6 +294,7 @@ class AgentRuntime:
         from nicwarden.agent.host.pcie import pcie_root
         from nicwarden.agent.k8s import load_client
         from nicwarden.deviceplugin.dra.claims import ApiClaimReader
+        from nicwarden.deviceplugin.dra.gate import ClaimGate
         from nicwarden.deviceplugin.dra.plugin import DraPlugin
         from nicwarden.deviceplugin.dra.slices import SlicePublisher
         from nicwarden.deviceplugin.dra.status import ClaimStatusWriter
@@ -262,14 +302,24 @@ class AgentRuntime:
         assert self.store is not None and self.devices is not None and self.attach is not None
         api = load_client(self.config.kubernetes.kubeconfig)
         paths = self.paths
+        audit = self.audit
         self.dra_slices = SlicePublisher(
-            api, dra, self.inventory, self.node_name, pcie_root=lambda a: pcie_root(paths, a)
+            api,
+            dra,
+            self.inventory,
+            self.node_name,
+            pcie_root=lambda a: pcie_root(paths, a),
+            # Held back from pods: tainted NoSchedule, so no claim is allocated it.
+            held_back=audit.blocked if audit is not None else dict,
         ).start()
         self._stops.append(self.dra_slices.stop)
+        if audit is not None:
+            audit.on_change.append(self.dra_slices.kick)
         self.dra_status = ClaimStatusWriter(api, self.store, dra.driver_name).start()
         self._stops.append(self.dra_status.stop)
         self.attach.ctx.on_attach.append(self.dra_status.on_attach)
         self.attach.ctx.on_detach.append(self.dra_status.on_detach)
+        self.attach.ctx.unclaimed = ClaimGate(lambda: self.config.dra, self.inventory, self.store)
         self.dra_plugin = DraPlugin(
             dra, self.store, self.devices, self.inventory, ApiClaimReader(api), self.node_name
         )
@@ -310,7 +360,7 @@ class AgentRuntime:
             if self.dra_slices is not None:
                 self.dra_slices.set_config(config.dra)
             if self.dra_plugin is not None:
-                self.dra_plugin.preparer.cfg = config.dra
+                self.dra_plugin.set_config(config.dra)
             if self.deviceplugin is not None:
                 self.deviceplugin.refresh()
         self.converge()

@@ -29,7 +29,12 @@ from nicwarden.deviceplugin.devinfo import DEFAULT_DEVICE_INFO_DIR, remove_devic
 from nicwarden.deviceplugin.naming import socket_name
 from nicwarden.deviceplugin.registration import Registration, register_request
 from nicwarden.deviceplugin.rpc import DEFAULT_KUBELET_DIR, KUBELET_SOCKET_NAME
-from nicwarden.deviceplugin.server import FileIdentity, PoolServer, file_identity
+from nicwarden.deviceplugin.server import (
+    AllocateObserver,
+    FileIdentity,
+    PoolServer,
+    file_identity,
+)
 from nicwarden.deviceplugin.sources import AllocationRecorder, InventorySource
 from nicwarden.deviceplugin.state import PoolState, evaluate
 
@@ -86,6 +91,7 @@ class DevicePluginManager:
         backoff: BackoffPolicy | None = None,
         blocked: Callable[[], Mapping[str, str]] | None = None,
         exclude: Callable[[VF, PF], bool] | None = None,
+        on_allocate: AllocateObserver | None = None,
     ) -> None:
         self._source = source
         self._prefix = resource_prefix
@@ -102,6 +108,7 @@ class DevicePluginManager:
         # VFs another front-end (DRA) offers: never in a pool, so each VF
         # is offered by exactly one of them.
         self._exclude = exclude
+        self._on_allocate = on_allocate  # Allocate latency, for metrics
         self._lock = threading.RLock()
         self._life = threading.RLock()
         self._pools: dict[str, _Pool] = {}
@@ -291,6 +298,7 @@ class DevicePluginManager:
             device_info_dir=self._device_info_dir,
             recorder=self._recorder,
             fresh_state=lambda: self._state_for(config.name),
+            on_allocate=self._on_allocate,
         )
         pool = _Pool(server, Registration(Backoff(self._backoff)))
         try:

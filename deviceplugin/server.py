@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 FileIdentity = tuple[int, int, int]
+# (resource, seconds, error kind or None) after each Allocate: metrics.
+AllocateObserver = Callable[[str, float, "str | None"], None]
 
 # A stream wakes at least this often to notice a vanished client even if the
 # termination callback was missed.
@@ -72,6 +75,7 @@ class PoolServer:
         recorder: AllocationRecorder | None = None,
         fresh_state: Callable[[], PoolState] | None = None,
         max_workers: int = 4,
+        on_allocate: AllocateObserver | None = None,
     ) -> None:
         self.config = state.config
         self.socket_path = kubelet_dir / socket_name(state.config.name)
@@ -80,6 +84,7 @@ class PoolServer:
         self._recorder = recorder
         self._fresh_state = fresh_state
         self._max_workers = max_workers
+        self._on_allocate = on_allocate
         self._cond = threading.Condition()
         self._state = state
         self._version = 0
@@ -241,7 +246,26 @@ class PoolServer:
                 recorder=self._recorder,
             )
 
-        return _translate_errors(context, "Allocate", run)
+        if self._on_allocate is None:
+            return _translate_errors(context, "Allocate", run)
+        failed: list[str] = []
+
+        def observed() -> api_pb2.AllocateResponse:
+            try:
+                return run()
+            except NicwardenError as err:
+                failed.append(err.kind)
+                raise
+            except Exception:
+                failed.append("internal")
+                raise
+
+        start = time.perf_counter()
+        try:
+            return _translate_errors(context, "Allocate", observed)
+        finally:
+            seconds = time.perf_counter() - start
+            self._on_allocate(self.config.resource, seconds, failed[0] if failed else None)
 
     def pre_start_container(
         self, request: api_pb2.PreStartContainerRequest, context: grpc.ServicerContext

@@ -341,12 +341,15 @@ class Netlink:
                 prefixlen=iface.network.prefixlen,
             )
 
+    def _route_args(self, s: Any, dst: str, gateway: str | None, name: str) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"dst": dst, "oif": self._index(s, name)}
+        if gateway:
+            kwargs["gateway"] = gateway
+        return kwargs
+
     def add_route(self, dst: str, gateway: str | None, name: str) -> None:
         with self._sock() as s:
-            idx = self._index(s, name)
-            kwargs: dict[str, Any] = {"dst": dst, "oif": idx}
-            if gateway:
-                kwargs["gateway"] = gateway
+            kwargs = self._route_args(s, dst, gateway, name)
             self._do(f"add route {dst} via {gateway} dev {name}", s.route, "add", **kwargs)
 
     def delete_address(self, name: str, cidr: str) -> bool:
@@ -365,10 +368,7 @@ class Netlink:
     def delete_route(self, dst: str, gateway: str | None, name: str) -> bool:
         """Remove the route ``dst`` via ``name``; False when it was not there."""
         with self._sock() as s:
-            idx = self._index(s, name)
-            kwargs: dict[str, Any] = {"dst": dst, "oif": idx}
-            if gateway:
-                kwargs["gateway"] = gateway
+            kwargs = self._route_args(s, dst, gateway, name)
             try:
                 s.route("del", **kwargs)
             except NetlinkError as e:

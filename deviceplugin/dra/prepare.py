@@ -30,7 +30,7 @@ from typing import Any
 
 from nicwarden.agent.devices import binding
 from nicwarden.agent.devices.context import DeviceCtx
-from nicwarden.agent.errors import NicwardenError, NotFound
+from nicwarden.agent.errors import Busy, NicwardenError, NotFound
 from nicwarden.agent.health import vfio_mount
 from nicwarden.agent.host import pci
 from nicwarden.agent.model import VF, VFIO_DRIVER, Inventory
@@ -256,7 +256,10 @@ class Preparer:
         """Make the ``moves`` (through binding.bind, with its in-use checks);
         returns the plan with the vfio group node each vfio VF ended up with."""
         for address, target in moves:
-            binding.bind(self._ctx, address, target)
+            try:
+                binding.bind(self._ctx, address, target)
+            except Busy as err:
+                raise ClaimError(_in_use(address, target, err)) from err
         inventory = self._ctx.inventory.snapshot()
         out = []
         for step in plan:
@@ -399,6 +402,16 @@ class Preparer:
             except NicwardenError as err:
                 problems.append(f"{step['address']} back to {step['previous']}: {err}")
         return problems
+
+
+def _in_use(address: str, target: str, err: Busy) -> str:
+    """binding's in-use refusal, phrased for kubelet's caller: its advice
+    (an admin's force flag) has no place on this path; the VF must be freed."""
+    detail = str(err).split("; force", 1)[0].removeprefix(f"{address} is in use: ")
+    return (
+        f"VF {address} is in use ({detail}), so it cannot move to {target} for this claim;"
+        " kubelet retries once it is free"
+    )
 
 
 def _outcome(driver: str, plan: Sequence[dict[str, Any]]) -> Outcome:

@@ -31,6 +31,16 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 
+class _ClaimsResponse(Protocol):
+    """Either version's response: a map of claim UID to its answer."""
+
+    @property
+    def claims(self) -> Any: ...
+
+
+AnyResp = TypeVar("AnyResp", bound=_ClaimsResponse)
+
+
 class ClaimPreparer(Protocol):
     def prepare(self, refs: list[ClaimRef]) -> dict[str, Outcome]: ...
 
@@ -59,91 +69,71 @@ class DraService:
     def __init__(self, preparer: ClaimPreparer) -> None:
         self._preparer = preparer
 
-    # v1 ---------------------------------------------------------------------
+    # Both versions' messages have the same fields, so one body fills either;
+    # each version's method only names its own message types.
+
+    def _prepare(self, request: Any, response: AnyResp) -> AnyResp:
+        claims = response.claims
+        for uid, outcome in self._preparer.prepare(_refs(request.claims)).items():
+            entry = claims[uid]
+            if outcome.error:
+                entry.error = outcome.error
+                continue
+            for d in outcome.devices:
+                entry.devices.add(
+                    request_names=[d.request],
+                    pool_name=d.pool,
+                    device_name=d.device,
+                    cdi_device_ids=list(d.cdi_ids),
+                )
+        return response
+
+    def _unprepare(self, request: Any, response: AnyResp) -> AnyResp:
+        claims = response.claims
+        for uid, error in self._preparer.unprepare(_refs(request.claims)).items():
+            claims[uid].error = error
+        return response
 
     def prepare_v1(
         self, request: v1.NodePrepareResourcesRequest
     ) -> v1.NodePrepareResourcesResponse:
-        response = v1.NodePrepareResourcesResponse()
-        for uid, outcome in self._preparer.prepare(_refs(request.claims)).items():
-            entry = response.claims[uid]
-            if outcome.error:
-                entry.error = outcome.error
-                continue
-            for d in outcome.devices:
-                entry.devices.add(
-                    request_names=[d.request],
-                    pool_name=d.pool,
-                    device_name=d.device,
-                    cdi_device_ids=list(d.cdi_ids),
-                )
-        return response
+        return self._prepare(request, v1.NodePrepareResourcesResponse())
 
     def unprepare_v1(
         self, request: v1.NodeUnprepareResourcesRequest
     ) -> v1.NodeUnprepareResourcesResponse:
-        response = v1.NodeUnprepareResourcesResponse()
-        for uid, error in self._preparer.unprepare(_refs(request.claims)).items():
-            response.claims[uid].error = error
-        return response
-
-    # v1beta1 ----------------------------------------------------------------
+        return self._unprepare(request, v1.NodeUnprepareResourcesResponse())
 
     def prepare_v1beta1(
         self, request: v1beta1.NodePrepareResourcesRequest
     ) -> v1beta1.NodePrepareResourcesResponse:
-        response = v1beta1.NodePrepareResourcesResponse()
-        for uid, outcome in self._preparer.prepare(_refs(request.claims)).items():
-            entry = response.claims[uid]
-            if outcome.error:
-                entry.error = outcome.error
-                continue
-            for d in outcome.devices:
-                entry.devices.add(
-                    request_names=[d.request],
-                    pool_name=d.pool,
-                    device_name=d.device,
-                    cdi_device_ids=list(d.cdi_ids),
-                )
-        return response
+        return self._prepare(request, v1beta1.NodePrepareResourcesResponse())
 
     def unprepare_v1beta1(
         self, request: v1beta1.NodeUnprepareResourcesRequest
     ) -> v1beta1.NodeUnprepareResourcesResponse:
-        response = v1beta1.NodeUnprepareResourcesResponse()
-        for uid, error in self._preparer.unprepare(_refs(request.claims)).items():
-            response.claims[uid].error = error
-        return response
+        return self._unprepare(request, v1beta1.NodeUnprepareResourcesResponse())
 
     # wiring -----------------------------------------------------------------
 
     def handlers(self) -> tuple[grpc.GenericRpcHandler[Any, Any], ...]:
         unary = grpc.unary_unary_rpc_method_handler
-        v1_methods: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
-            "NodePrepareResources": unary(
-                _guard("NodePrepareResources", self.prepare_v1),
-                request_deserializer=v1.NodePrepareResourcesRequest.FromString,
-                response_serializer=v1.NodePrepareResourcesResponse.SerializeToString,
-            ),
-            "NodeUnprepareResources": unary(
-                _guard("NodeUnprepareResources", self.unprepare_v1),
-                request_deserializer=v1.NodeUnprepareResourcesRequest.FromString,
-                response_serializer=v1.NodeUnprepareResourcesResponse.SerializeToString,
-            ),
-        }
-        v1beta1_methods: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
-            "NodePrepareResources": unary(
-                _guard("NodePrepareResources", self.prepare_v1beta1),
-                request_deserializer=v1beta1.NodePrepareResourcesRequest.FromString,
-                response_serializer=v1beta1.NodePrepareResourcesResponse.SerializeToString,
-            ),
-            "NodeUnprepareResources": unary(
-                _guard("NodeUnprepareResources", self.unprepare_v1beta1),
-                request_deserializer=v1beta1.NodeUnprepareResourcesRequest.FromString,
-                response_serializer=v1beta1.NodeUnprepareResourcesResponse.SerializeToString,
-            ),
-        }
-        return (
-            grpc.method_handlers_generic_handler(V1_SERVICE, v1_methods),
-            grpc.method_handlers_generic_handler(V1BETA1_SERVICE, v1beta1_methods),
-        )
+        out = []
+        for service, pb, prepare, unprepare in (
+            (V1_SERVICE, v1, self.prepare_v1, self.unprepare_v1),
+            (V1BETA1_SERVICE, v1beta1, self.prepare_v1beta1, self.unprepare_v1beta1),
+        ):
+            methods: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+                "NodePrepareResources": unary(
+                    _guard("NodePrepareResources", prepare),
+                    request_deserializer=pb.NodePrepareResourcesRequest.FromString,
+                    response_serializer=pb.NodePrepareResourcesResponse.SerializeToString,
+                ),
+                "NodeUnprepareResources": unary(
+                    _guard("NodeUnprepareResources", unprepare),
+                    request_deserializer=pb.NodeUnprepareResourcesRequest.FromString,
+                    response_serializer=pb.NodeUnprepareResourcesResponse.SerializeToString,
+                ),
+            }
+            out.append(grpc.method_handlers_generic_handler(service, methods))
+        return tuple(out)

@@ -16,7 +16,12 @@ Health becomes device taints:
   NoExecute``. It stays listed, tainted, for ``vanished_grace`` seconds, so
   pods holding it are evicted and nothing new lands on it; then it is dropped.
   A VF removed by lowering ``sriov_numvfs`` is gone by design and is dropped
-  at once, as is a VF that no longer matches the ``dra:`` selectors.
+  at once, as is a VF that no longer matches the ``dra:`` selectors;
+* a VF the agent holds back from pods (out of place with nothing on record
+  to explain it, or held by an admin) → ``nicwarden.io/vf-held-back:
+  NoSchedule`` until ``nicwardenctl reconcile --adopt|--release`` settles
+  it. Kept listed rather than dropped, so the slice shows why the device
+  cannot be allocated, and a claim already holding it is not evicted.
 
 The publisher follows the live inventory (coalescing bursts of changes into
 one write) and watches its own slices: a slice someone else deletes or edits
@@ -52,6 +57,7 @@ MAX_STRING = 64  # an attribute's string value
 
 TAINT_CARRIER_DOWN = "nicwarden.io/pf-carrier-down"
 TAINT_VANISHED = "nicwarden.io/vf-vanished"
+TAINT_HELD_BACK = "nicwarden.io/vf-held-back"
 PCI_BUS_ID = "resource.kubernetes.io/pciBusID"
 PCIE_ROOT = "resource.kubernetes.io/pcieRoot"
 
@@ -187,8 +193,10 @@ class PoolTracker:
         vanished_grace: float = 300.0,
         pcie_root: Callable[[str], str | None] = lambda _address: None,
         clock: Callable[[], float] = time.monotonic,
+        held_back: Callable[[], Mapping[str, str]] = dict,
     ) -> None:
         self._cfg = cfg
+        self._held_back = held_back  # VF address -> why it is not offered to pods
         self._grace = vanished_grace
         self._pcie_root = pcie_root
         self._clock = clock
@@ -224,11 +232,14 @@ class PoolTracker:
         self._last = current
         out: list[PoolDevice] = []
         live_keys: set[tuple[str, str]] = set()
+        held = self._held_back()
         for name, dev in current.items():
             taints: list[Taint] = []
             pf = pfs.get(dev.pf.address, dev.pf)
             if pf_carrier_down(pf):
                 taints.append(self._taint(name, TAINT_CARRIER_DOWN, "NoSchedule", live_keys))
+            if dev.address in held:
+                taints.append(self._taint(name, TAINT_HELD_BACK, "NoSchedule", live_keys))
             out.append(PoolDevice(name, device_attributes(dev, self._root(dev)), tuple(taints)))
         for name, (dev, _when) in self._vanished.items():
             taint = self._taint(name, TAINT_VANISHED, "NoExecute", live_keys)
@@ -289,6 +300,7 @@ class SlicePublisher:
         request_timeout: float = 10.0,
         retry: float = 1.0,
         pcie_root: Callable[[str], str | None] = lambda _address: None,
+        held_back: Callable[[], Mapping[str, str]] = dict,
     ) -> None:
         self._api = client.ResourceV1Api(api_client)
         self._driver = cfg.driver_name
@@ -298,7 +310,9 @@ class SlicePublisher:
         self._resync = resync
         self._timeout = request_timeout
         self._retry = retry
-        self._tracker = PoolTracker(cfg, vanished_grace=vanished_grace, pcie_root=pcie_root)
+        self._tracker = PoolTracker(
+            cfg, vanished_grace=vanished_grace, pcie_root=pcie_root, held_back=held_back
+        )
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._lock = threading.Lock()

@@ -1,0 +1,155 @@
+"""Every metric the agent exports: name, type, labels and meaning.
+
+The collectors build their families from these entries and
+``deploy/gen_metrics_doc.py`` renders docs/metrics.md from them, so the
+reference cannot drift from what is served.
+
+The ``sriov_*`` names are the sriov-network-metrics-exporter's, kept exactly
+so its users' dashboards and queries keep working. That exporter serves
+them as counters without a ``_total`` suffix; the Python client would add
+one to a counter, so they are served untyped under the same names
+(``rate()`` works on them as on any counter).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nicwarden.agent.host.vfstats import COUNTER_NAMES
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    type: str  # counter, gauge, histogram, untyped
+    help: str
+    labels: tuple[str, ...] = ()
+    unit_note: str = ""
+
+
+VF_LABELS = ("pciAddr", "pf", "vf", "numa_node")
+
+_VF_HELP = {
+    "rx_packets": "Packets received by the VF.",
+    "tx_packets": "Packets sent by the VF.",
+    "rx_bytes": "Bytes received by the VF.",
+    "tx_bytes": "Bytes sent by the VF.",
+    "rx_dropped": "Packets dropped on receipt by the VF.",
+    "tx_dropped": "Packets dropped on transmit by the VF.",
+    "tx_errors": "Transmit errors of the VF (where the driver reports them).",
+    "rx_broadcast": "Broadcast packets received by the VF (PF statistics only).",
+    "rx_multicast": "Multicast packets received by the VF.",
+}
+
+VF_STATS: tuple[MetricSpec, ...] = tuple(
+    MetricSpec(f"sriov_vf_{name}", "untyped", _VF_HELP[name], VF_LABELS) for name in COUNTER_NAMES
+)
+
+KUBEPODDEVICE = MetricSpec(
+    "sriov_kubepoddevice",
+    "gauge",
+    "1 for each VF attached to a pod; join on pciAddr to label VF series with the pod."
+    " container is the CNI container (sandbox) ID.",
+    ("pciAddr", "dev_type", "pod", "namespace", "container"),
+)
+
+CNI_DURATION = MetricSpec(
+    "nicwarden_cni_request_duration_seconds",
+    "histogram",
+    "Time the agent took to answer a CNI request, by command and result (success or error).",
+    ("command", "result"),
+)
+ALLOCATE_DURATION = MetricSpec(
+    "nicwarden_deviceplugin_allocate_duration_seconds",
+    "histogram",
+    "Time a device plugin Allocate call took, by resource and result (success or error).",
+    ("resource", "result"),
+)
+ERRORS = MetricSpec(
+    "nicwarden_errors_total",
+    "counter",
+    "Errors answered to a caller, by kind (the agent's error kinds) and source"
+    " (cni, grpc, deviceplugin).",
+    ("kind", "source"),
+)
+RPC = MetricSpec(
+    "nicwarden_rpc_total", "counter", "gRPC calls by method and outcome.", ("method", "outcome")
+)
+DEVICES = MetricSpec("nicwarden_devices", "gauge", "PCI functions by role (pf, vf).", ("role",))
+INVENTORY_GENERATION = MetricSpec(
+    "nicwarden_inventory_generation", "gauge", "Inventory snapshot generation."
+)
+VF_UNEXPLAINED = MetricSpec(
+    "nicwarden_vf_unexplained",
+    "gauge",
+    "VFs out of place (not home, or renamed) that no attachment explains; held back from"
+    " pods until an admin adopts or releases them.",
+)
+POOL_DEVICES = MetricSpec(
+    "nicwarden_pool_devices", "gauge", "Devices in a device plugin pool.", ("resource",)
+)
+POOL_HEALTHY = MetricSpec(
+    "nicwarden_pool_healthy_devices",
+    "gauge",
+    "Devices of a pool advertised Healthy to kubelet.",
+    ("resource",),
+)
+POOL_ALLOCATED = MetricSpec(
+    "nicwarden_pool_allocated_devices",
+    "gauge",
+    "Devices of a pool that kubelet allocated and that are still recorded as allocated.",
+    ("resource",),
+)
+POLICY_LABELS = ("namespace", "pod", "network", "direction", "verdict")
+POLICY_PACKETS = MetricSpec(
+    "nicwarden_policy_packets_total",
+    "counter",
+    "Packets seen by the policy datapath on a pod interface, by direction and verdict"
+    " (pass_always, pass_unisolated, pass_established, pass_policy, drop_policy).",
+    POLICY_LABELS,
+)
+POLICY_BYTES = MetricSpec(
+    "nicwarden_policy_bytes_total",
+    "counter",
+    "Bytes seen by the policy datapath on a pod interface, by direction and verdict.",
+    POLICY_LABELS,
+)
+POLICY_GENERATION = MetricSpec(
+    "nicwarden_policy_generation",
+    "gauge",
+    "Generation of the policy tables in force for a pod interface and direction.",
+    ("namespace", "pod", "network", "direction"),
+)
+POLICY_APPLIED = MetricSpec(
+    "nicwarden_policy_last_apply_timestamp_seconds",
+    "gauge",
+    "Unix time of the last successful apply of a pod interface's policy tables.",
+    ("namespace", "pod", "network"),
+)
+SCRAPE_SUCCESS = MetricSpec(
+    "nicwarden_scrape_collector_success",
+    "gauge",
+    "1 when a scrape-time collector read everything it serves, 0 when it failed; a failed"
+    " collector serves none of its series rather than part of them.",
+    ("collector",),
+)
+
+ALL: tuple[MetricSpec, ...] = (
+    *VF_STATS,
+    KUBEPODDEVICE,
+    CNI_DURATION,
+    ALLOCATE_DURATION,
+    ERRORS,
+    RPC,
+    DEVICES,
+    INVENTORY_GENERATION,
+    VF_UNEXPLAINED,
+    POOL_DEVICES,
+    POOL_HEALTHY,
+    POOL_ALLOCATED,
+    POLICY_PACKETS,
+    POLICY_BYTES,
+    POLICY_GENERATION,
+    POLICY_APPLIED,
+    SCRAPE_SUCCESS,
+)
