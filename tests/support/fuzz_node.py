@@ -98,7 +98,11 @@ class FuzzNode:
             run("ip", "-n", ns, "link", "set", "lo", "up")
         config = tmp / "agent.yaml"
         config.write_text(f"manifestsDir: {self.manifests}\nreconcileInterval: 3600\n")
-        self.agent: Running = start_agent(tmp, "--config", str(config), spec="1x4")
+        try:
+            self.agent: Running = start_agent(tmp, "--config", str(config), spec="1x4")
+        except BaseException:
+            self._drop_netns()  # close() never runs for a node that did not start
+            raise
         self.prefix = self.agent.prefix
         self._channel = grpc.insecure_channel(f"unix:{self.agent.sock}")
         self.stub = pb_grpc.AgentStub(self._channel)
@@ -130,9 +134,12 @@ class FuzzNode:
                 stop_agent(self.agent)
             else:
                 kill_agent(self.agent)
-            for ns in self.netns:
-                run("ip", "netns", "del", ns, check=False)
+            self._drop_netns()
             cleanup_node(self.prefix)
+
+    def _drop_netns(self) -> None:
+        for ns in self.netns:
+            run("ip", "netns", "del", ns, check=False)
 
     def release_all(self) -> None:
         """DEL every attachment the agent holds, through the real shim."""
