@@ -268,31 +268,27 @@ class Netlink:
                 kwargs["ifname"] = new_name
             if master is not None:
                 kwargs["master"] = self._index(s, master)
+
+            def send(attrs: dict[str, Any]) -> None:
+                self._do(
+                    f"set link {name} {sorted(attrs)}",
+                    s.link,
+                    "set",
+                    index=idx,
+                    overrides=errnos.LINK_SET,
+                    **attrs,
+                )
+
             if "ifname" in kwargs:
                 # The kernel refuses to rename an up device: down first, then
                 # rename with everything else, then the requested state.
                 self._do(f"set {name} down", s.link, "set", index=idx, state="down")
-                self._do(
-                    f"set link {name} {sorted(kwargs)}",
-                    s.link,
-                    "set",
-                    index=idx,
-                    overrides=errnos.LINK_SET,
-                    **kwargs,
-                )
+                send(kwargs)
                 kwargs = {}
             if up is not None:
                 kwargs["state"] = "up" if up else "down"
             if kwargs:
-                # One message: each round trip costs ~2 ms on the pod path.
-                self._do(
-                    f"set link {name} {sorted(kwargs)}",
-                    s.link,
-                    "set",
-                    index=idx,
-                    overrides=errnos.LINK_SET,
-                    **kwargs,
-                )
+                send(kwargs)  # one message: each round trip costs ~2 ms on the pod path
 
     def drop_altnames(self, name: str) -> list[str]:
         """Remove alternative names: stale ones would collide in the target netns."""
