@@ -10,7 +10,8 @@ import json
 import logging
 import os
 import platform
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from typing import Any, Protocol, TypeVar
 
@@ -22,6 +23,7 @@ from nicwarden.agent.api_status import abort_with
 from nicwarden.agent.attach import AttachService
 from nicwarden.agent.devices import binding, numvfs, vfsettings
 from nicwarden.agent.devices.context import DeviceCtx
+from nicwarden.agent.drop_events import ObservedFlow, Subscription
 from nicwarden.agent.errors import (
     InvalidArgument,
     NicwardenError,
@@ -296,6 +298,19 @@ class AgentService(pb_grpc.AgentServicer):  # type: ignore[misc]
         return resp
 
     @rpc
+    def Observe(self, request: pb.ObserveRequest, context: Any) -> Iterator[pb.FlowRecord]:
+        """Validates now (errors become the call's status); streams after."""
+        hub = self.runtime.drop_events
+        enf = self.runtime.enforcer
+        if hub is None or enf is None:
+            raise Unavailable("policy enforcement is not running")
+        want = observe_filter(request, enf.policed())
+        since = time.time() - request.since_seconds if request.since_seconds > 0 else None
+        sub = hub.subscribe(since)
+        context.add_callback(sub.close)  # the client went away: stop queueing for it
+        return _observe_stream(sub, want, context)
+
+    @rpc
     def SetNumVfs(self, request: pb.SetNumVfsRequest, context: Any) -> pb.SetNumVfsResponse:
         r = numvfs.set_num_vfs(self._devices(), request.pf, request.num_vfs)
         return pb.SetNumVfsResponse(
@@ -452,3 +467,69 @@ def _policy_row(
         return pb.PolicedInterfaceStatus(**fields)
     fields["warnings"] = capped(fields["warnings"])
     return pb.PolicyObjectStatus(**fields)
+
+
+def observe_filter(
+    req: pb.ObserveRequest, policed: Sequence[tuple[str, str, str, str, Any, Any, Any]]
+) -> Callable[[ObservedFlow], bool]:
+    """The request's filters as a predicate; unknown values are refused."""
+    if req.verdict not in ("", "dropped", "allowed"):
+        raise InvalidArgument(f"verdict must be dropped or allowed, not {req.verdict!r}")
+    if req.since_seconds < 0:
+        raise InvalidArgument("since must not be negative")
+    if bool(req.pod_namespace) != bool(req.pod_name):
+        raise InvalidArgument("pod is namespace/name")
+    if req.pod_name and not any(
+        (ns, pod) == (req.pod_namespace, req.pod_name) for ns, pod, *_ in policed
+    ):
+        raise NotFound(
+            f"pod {req.pod_namespace}/{req.pod_name} has no policed interface on this node"
+        )
+    if req.network and not any(net == req.network for _, _, net, *_ in policed):
+        raise NotFound(f"network {req.network!r} has no policed interface on this node")
+
+    def match(f: ObservedFlow) -> bool:
+        o = f.owner
+        if req.pod_name and (
+            o is None or (o.namespace, o.pod) != (req.pod_namespace, req.pod_name)
+        ):
+            return False
+        if req.network and (o is None or o.network != req.network):
+            return False
+        return not req.verdict or f.verdict == req.verdict
+
+    return match
+
+
+def _observe_stream(
+    sub: Subscription, want: Callable[[ObservedFlow], bool], context: Any
+) -> Iterator[pb.FlowRecord]:
+    try:
+        while context.is_active() and not sub.closed:
+            for f in sub.get(timeout=0.5):
+                if want(f):
+                    yield flow_record(f, sub.dropped)
+    finally:
+        sub.close()
+
+
+def flow_record(f: ObservedFlow, lost: int) -> pb.FlowRecord:
+    r, o = f.record, f.owner
+    return pb.FlowRecord(
+        time=f.time,
+        namespace=o.namespace if o else "",
+        pod=o.pod if o else "",
+        network=o.network if o else "",
+        ifname=o.ifname if o else "",
+        direction=r.direction.name.lower(),
+        verdict=f.verdict,
+        reason=r.reason.name.lower(),
+        protocol=r.proto,
+        src=r.src,
+        src_port=r.sport,
+        dst=r.dst,
+        dst_port=r.dport,
+        policies=list(o.policies) if o else [],
+        iface=r.iface,
+        lost=lost,
+    )

@@ -34,6 +34,7 @@ from nicwarden.agent.schema import (
     dotted,
     duration,
     enum,
+    int_range,
     ip_address,
     list_of_mappings,
     mapping,
@@ -115,6 +116,23 @@ def _is_loopback(address: str) -> bool:
 
 
 @dataclass(frozen=True)
+class DropEventsConfig:
+    enabled: bool = setting(
+        boolean, True, "Emit dropped-flow records from the datapath (nicwardenctl observe)."
+    )
+    per_flow_interval_ms: int = setting(
+        int_range(1, 3_600_000),
+        1000,
+        "At most one record per directed flow (5-tuple, interface, direction) this often.",
+    )
+    max_per_second: int = setting(
+        int_range(1, 1_000_000),
+        1000,
+        "Global cap on dropped-flow records per second, enforced in the kernel.",
+    )
+
+
+@dataclass(frozen=True)
 class PolicyConfig:
     enabled: bool = setting(boolean, True, "Enforce MultiNetworkPolicy with the eBPF datapath.")
     allow_icmp: bool = setting(
@@ -127,6 +145,9 @@ class PolicyConfig:
     )
     bpf_instance: str = setting(
         string, "default", "Name of the pinned datapath under /sys/fs/bpf/nicwarden/."
+    )
+    drop_events: DropEventsConfig = setting(
+        section(DropEventsConfig), DropEventsConfig(), "Dropped-flow records (ring buffer)."
     )
 
     def check(self) -> None:

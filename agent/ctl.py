@@ -7,7 +7,9 @@ did not answer in time; 2 usage (values out of range included); 3 the
 agent's socket cannot be reached (the message names the socket; a user not
 allowed into the socket's 0700 directory is told "permission denied: run as
 root"). Output cut short by its reader (``| head``) ends quietly with the
-command's own exit code."""
+command's own exit code. ``observe`` streams until Ctrl-C (exit 130, no
+traceback); a ``--pod`` or ``--network`` with no policed interface on the
+node is a usage error (2)."""
 
 from __future__ import annotations
 
@@ -528,6 +530,105 @@ def cmd_install_cni(args: argparse.Namespace) -> int:
 
 Command = Callable[[Client, argparse.Namespace], tuple[Message, str]]
 
+EXIT_INTERRUPTED = 130  # Ctrl-C on a stream: the usual 128 + SIGINT
+_OBSERVE_COLUMNS = (
+    ("TIME", 12),
+    ("POD", 28),
+    ("NETWORK", 20),
+    ("DIR", 7),
+    ("VERDICT", 7),
+    ("REASON", 9),
+    ("PROTO", 5),
+    ("SOURCE", 23),
+    ("DESTINATION", 23),
+)
+_PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6", 132: "sctp"}
+
+
+def _duration(text: str) -> float:
+    """``30``, ``30s``, ``5m``, ``2h``: seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    num, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1)
+    try:
+        value = float(num) * unit
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration like 30s, 5m or 1h, got {text!r}"
+        ) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("the duration must be positive")
+    return value
+
+
+def _pod_ref(text: str) -> tuple[str, str]:
+    ns, sep, name = text.partition("/")
+    if not sep or not ns or not name or "/" in name:
+        raise argparse.ArgumentTypeError(f"expected --pod namespace/name, got {text!r}")
+    return ns, name
+
+
+def _endpoint(addr: str, port: int) -> str:
+    if not addr:
+        return "-"
+    host = f"[{addr}]" if ":" in addr else addr
+    return f"{host}:{port}" if port else addr
+
+
+def observe_line(r: pb.FlowRecord) -> str:
+    cells = [
+        time.strftime("%H:%M:%S", time.localtime(r.time)) + f".{int(r.time * 1000) % 1000:03d}",
+        f"{r.namespace}/{r.pod}" if r.pod else f"iface#{r.iface}",
+        r.network or "-",
+        r.direction,
+        r.verdict,
+        r.reason,
+        _PROTO_NAMES.get(r.protocol, str(r.protocol)),
+        _endpoint(r.src, r.src_port),
+        _endpoint(r.dst, r.dst_port),
+    ]
+    line = "  ".join(c.ljust(w) for c, (_, w) in zip(cells, _OBSERVE_COLUMNS, strict=True))
+    return line + "  " + (",".join(r.policies) or "-")
+
+
+def cmd_observe(args: argparse.Namespace) -> int:
+    """Stream flow records until Ctrl-C (exit 130, quietly) or the agent ends it."""
+    ns, name = args.pod or ("", "")
+    req = pb.ObserveRequest(
+        pod_namespace=ns,
+        pod_name=name,
+        network=args.network or "",
+        verdict=args.verdict or "",
+        since_seconds=args.since or 0.0,
+    )
+    client = Client(args.socket, args.timeout)
+    stream: Any = None
+    try:
+        client.call("GetVersion", pb.GetVersionRequest())  # reachability, as other commands
+        stream = client.stub.Observe(req)
+        if args.output != "json":
+            _emit("  ".join(h.ljust(w) for h, w in _OBSERVE_COLUMNS) + "  POLICIES")
+        for rec in stream:
+            if args.output == "json":
+                _emit(json.dumps(to_json(rec), sort_keys=True))
+            else:
+                _emit(observe_line(rec))
+    except KeyboardInterrupt:
+        if stream is not None:
+            stream.cancel()
+        return EXIT_INTERRUPTED
+    except grpc.RpcError as e:
+        err = client._failure(e)
+        print(f"nicwardenctl: {err}", file=sys.stderr)
+        if isinstance(err, AgentError) and err.error.kind in ("invalid_argument", "not_found"):
+            return EXIT_USAGE  # a filter naming nothing on this node
+        return err.code
+    except CtlError as e:
+        print(f"nicwardenctl: {e}", file=sys.stderr)
+        return e.code
+    finally:
+        client.close()
+    return EXIT_OK
+
 
 def _count(text: str) -> int:
     try:
@@ -623,6 +724,14 @@ def build_parser() -> argparse.ArgumentParser:
     inst.add_argument("--dir", default="/opt/cni/bin")
     inst.set_defaults(local=cmd_install_cni)
     sub.add_parser("health", help="agent component health").set_defaults(func=cmd_health)
+    obs = sub.add_parser("observe", help="stream dropped-flow records until Ctrl-C")
+    obs.add_argument("--pod", type=_pod_ref, metavar="NS/NAME", help="only this pod")
+    obs.add_argument("--network", help="only this network (as the pod's interface names it)")
+    obs.add_argument("--verdict", choices=["dropped", "allowed"])
+    obs.add_argument(
+        "--since", type=_duration, metavar="DURATION", help="also show kept records this recent"
+    )
+    obs.set_defaults(local=cmd_observe)
     for sp in sub.choices.values():
         # `nicwardenctl devices -o json` works as well as `nicwardenctl -o json devices`.
         sp.add_argument("-o", "--output", choices=["table", "json"], default=argparse.SUPPRESS)

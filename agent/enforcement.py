@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from nicwarden.agent.drop_events import IfaceOwner
 from nicwarden.agent.policy import (
     Action,
     CompileOptions,
@@ -494,6 +495,21 @@ class PolicyEnforcer:
                 )
                 for _key, loc in sorted(self._locals.items())
             ]
+
+    def owner_of(self, iface_id: int) -> IfaceOwner | None:
+        """Who a datapath interface key stands for (drop records name it)."""
+        with self._lock:
+            for key, loc in self._locals.items():
+                if loc.iface is not None and loc.iface.id == iface_id:
+                    tables = self.engine.tables(key)
+                    return IfaceOwner(
+                        loc.target.namespace,
+                        loc.target.pod,
+                        loc.target.network,
+                        loc.target.ifname,
+                        tuple(tables.policies) if tables else (),
+                    )
+        return None
 
     def objects(self) -> list[dict[str, Any]]:
         with self._lock:

@@ -126,6 +126,21 @@ POLICY_APPLIED = MetricSpec(
     "Unix time of the last successful apply of a pod interface's policy tables.",
     ("namespace", "pod", "network"),
 )
+DROP_EVENTS = MetricSpec(
+    "nicwarden_policy_drop_events_total",
+    "counter",
+    "Dropped-flow records the datapath decided on, by outcome: emitted (written to the ring),"
+    " flow_suppressed (same flow within policy.dropEvents.perFlowIntervalMs),"
+    " cap_suppressed (over policy.dropEvents.maxPerSecond), ring_full (lost: the agent was"
+    " behind; the packet's verdict is never affected).",
+    ("outcome",),
+)
+DROP_EVENTS_LOST = MetricSpec(
+    "nicwarden_policy_drop_events_subscriber_lost_total",
+    "counter",
+    "Dropped-flow records an observe stream lost because its client read too slowly.",
+    (),
+)
 SCRAPE_SUCCESS = MetricSpec(
     "nicwarden_scrape_collector_success",
     "gauge",
@@ -151,5 +166,7 @@ ALL: tuple[MetricSpec, ...] = (
     POLICY_BYTES,
     POLICY_GENERATION,
     POLICY_APPLIED,
+    DROP_EVENTS,
+    DROP_EVENTS_LOST,
     SCRAPE_SUCCESS,
 )

@@ -24,8 +24,10 @@ from nicwarden.agent import metrics_catalog as C
 from nicwarden.agent.host.vfstats import VfCounters, VfRef, VfStatsReader
 from nicwarden.agent.model import Inventory
 from nicwarden.agent.store import Allocation, Attachment
+from nicwarden.bpf.layout import EventStat
 
 if TYPE_CHECKING:
+    from nicwarden.agent.drop_events import DropEventHub
     from nicwarden.agent.enforcement import PolicyEnforcer
     from nicwarden.deviceplugin.manager import PoolStatus
 
@@ -239,3 +241,42 @@ class PolicyCollector:
                     fam.add_metric(list(series), float(value))
                 yield fam
         yield success("policy_verdicts", ok)
+
+
+class DropStatsSource(Protocol):
+    def drop_event_stats(self) -> Mapping[EventStat, int]: ...
+
+
+class DropEventsCollector:
+    """The datapath's drop-record outcomes and the observe streams' losses."""
+
+    def __init__(
+        self, parts: Callable[[], tuple[DropStatsSource | None, DropEventHub | None]]
+    ) -> None:
+        self._parts = parts
+        self._outcomes = Monotonic()
+
+    def collect(self) -> Iterator[Metric]:
+        datapath, hub = self._parts()
+        ok = True
+        if datapath is not None:
+            try:
+                stats = datapath.drop_event_stats()
+            except Exception as e:
+                ok = False
+                log.warning("drop event stats unreadable", extra={"error": str(e)})
+            else:
+                raw: dict[tuple[tuple[str, ...], str], int] = {
+                    ((s.name.lower(),), "datapath"): int(v) for s, v in stats.items()
+                }
+                fam = CounterMetricFamily(
+                    C.DROP_EVENTS.name, C.DROP_EVENTS.help, labels=list(C.DROP_EVENTS.labels)
+                )
+                for series, value in sorted(self._outcomes.update(raw).items()):
+                    fam.add_metric(list(series), float(value))
+                yield fam
+        if hub is not None:
+            lost = CounterMetricFamily(C.DROP_EVENTS_LOST.name, C.DROP_EVENTS_LOST.help)
+            lost.add_metric([], float(hub.subscriber_drops))
+            yield lost
+        yield success("drop_events", ok)

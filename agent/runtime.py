@@ -21,6 +21,7 @@ from nicwarden.agent.devices import converge as sriov_converge
 from nicwarden.agent.devices.context import DeviceCtx
 from nicwarden.agent.devices.recover import recover as recover_devices
 from nicwarden.agent.devices.spec import parse_sriov
+from nicwarden.agent.drop_events import DropEventHub
 from nicwarden.agent.enforcement import PolicyEnforcer
 from nicwarden.agent.errors import ConfigError, NicwardenError
 from nicwarden.agent.host import hostmodel
@@ -79,6 +80,7 @@ class AgentRuntime:
         self.deviceplugin: DevicePluginManager | None = None
         self.enforcer: PolicyEnforcer | None = None
         self.datapath: Any = None
+        self.drop_events: DropEventHub | None = None
         self.devices: DeviceCtx | None = None
         self.events: Any = None
         self.dra_slices: Any = None  # deviceplugin.dra.slices.SlicePublisher when dra: is active
@@ -218,6 +220,7 @@ class AgentRuntime:
             VfStatsReader,
         )
         from nicwarden.agent.metrics_collect import (
+            DropEventsCollector,
             PodDeviceCollector,
             PolicyCollector,
             PoolCollector,
@@ -236,6 +239,7 @@ class AgentRuntime:
             PodDeviceCollector(store.list_attachments, store.allocations),
             PoolCollector(lambda: self.deviceplugin, store.allocations),
             PolicyCollector(lambda: self.enforcer),
+            DropEventsCollector(lambda: (self.datapath, self.drop_events)),
         ):
             self.metrics.add_collector(collector)
 
@@ -441,6 +445,26 @@ class AgentRuntime:
         self.attach.ctx.on_detach.append(self.enforcer.on_detach)
         self.enforcer.start()
         self._stops.append(self.enforcer.stop)
+        self._start_drop_events()
+
+    def _start_drop_events(self) -> None:
+        """The ring reader: records flow to the hub that Observe streams from."""
+        assert self.enforcer is not None
+        self.drop_events = DropEventHub(self.enforcer.owner_of)
+        if self.datapath is None:
+            return
+        ev = self.config.policy.drop_events
+        try:
+            self.datapath.set_drop_events(ev.enabled, ev.per_flow_interval_ms, ev.max_per_second)
+            if not ev.enabled:
+                return
+            from nicwarden.agent.host.bpf_events import RingThread
+
+            ring = RingThread(self.datapath.events_fd(), self.drop_events.publish)
+            ring.start()
+            self._stops.append(ring.stop)
+        except Exception as e:
+            log.error("drop events unavailable", extra={"error": str(e)})
 
     def _attach_failed(self, namespace: str, pod: str, uid: str, message: str) -> None:
         from nicwarden.agent.k8s import ObjectRef

@@ -12,7 +12,17 @@
 #define NW_V_PASS_ESTABLISHED 2
 #define NW_V_PASS_POLICY 3
 #define NW_V_DROP_POLICY 4
+#define NW_R_NO_RULE 1
+#define NW_R_EXCEPT 2
+#define NW_R_PORT 3
+#define NW_R_MALFORMED 4
+#define NW_R_NON_IP 5
+#define NW_EVS_EMITTED 0
+#define NW_EVS_FLOW_SUPPRESSED 1
+#define NW_EVS_CAP_SUPPRESSED 2
+#define NW_EVS_RING_FULL 3
 #define NW_N_VERDICTS 5
+#define NW_N_EVENT_STATS 4
 #define NW_CFG_KEEP_ESTABLISHED 1
 #define NW_FLOW_ORIG_SRC_IS_LO 1
 #define NW_FLOW_CLOSING 2
@@ -158,6 +168,80 @@ _Static_assert(sizeof(struct nw_meta) == 8, "nw_meta size");
 _Static_assert(__builtin_offsetof(struct nw_meta, layout_version) == 0, "nw_meta.layout_version offset");
 _Static_assert(__builtin_offsetof(struct nw_meta, next_iface) == 4, "nw_meta.next_iface offset");
 
+struct nw_event_cfg {
+    __u64 per_flow_interval_ns;
+    __u32 enabled;
+    __u32 max_per_sec;
+};
+_Static_assert(sizeof(struct nw_event_cfg) == 16, "nw_event_cfg size");
+_Static_assert(__builtin_offsetof(struct nw_event_cfg, per_flow_interval_ns) == 0, "nw_event_cfg.per_flow_interval_ns offset");
+_Static_assert(__builtin_offsetof(struct nw_event_cfg, enabled) == 8, "nw_event_cfg.enabled offset");
+_Static_assert(__builtin_offsetof(struct nw_event_cfg, max_per_sec) == 12, "nw_event_cfg.max_per_sec offset");
+
+struct nw_event_window {
+    __u64 start_ns;
+    __u64 count;
+};
+_Static_assert(sizeof(struct nw_event_window) == 16, "nw_event_window size");
+_Static_assert(__builtin_offsetof(struct nw_event_window, start_ns) == 0, "nw_event_window.start_ns offset");
+_Static_assert(__builtin_offsetof(struct nw_event_window, count) == 8, "nw_event_window.count offset");
+
+struct nw_event_flow_key {
+    __u32 iface;
+    __u8 dir;
+    __u8 family;
+    __u8 proto;
+    __u8 pad;
+    __u8 saddr[16];
+    __u8 daddr[16];
+    __u16 sport;
+    __u16 dport;
+};
+_Static_assert(sizeof(struct nw_event_flow_key) == 44, "nw_event_flow_key size");
+_Static_assert(__builtin_offsetof(struct nw_event_flow_key, iface) == 0, "nw_event_flow_key.iface offset");
+_Static_assert(__builtin_offsetof(struct nw_event_flow_key, dir) == 4, "nw_event_flow_key.dir offset");
+_Static_assert(__builtin_offsetof(struct nw_event_flow_key, family) == 5, "nw_event_flow_key.family offset");
+_Static_assert(__builtin_offsetof(struct nw_event_flow_key, proto) == 6, "nw_event_flow_key.proto offset");
+_Static_assert(__builtin_offsetof(struct nw_event_flow_key, pad) == 7, "nw_event_flow_key.pad offset");
+_Static_assert(__builtin_offsetof(struct nw_event_flow_key, saddr) == 8, "nw_event_flow_key.saddr offset");
+_Static_assert(__builtin_offsetof(struct nw_event_flow_key, daddr) == 24, "nw_event_flow_key.daddr offset");
+_Static_assert(__builtin_offsetof(struct nw_event_flow_key, sport) == 40, "nw_event_flow_key.sport offset");
+_Static_assert(__builtin_offsetof(struct nw_event_flow_key, dport) == 42, "nw_event_flow_key.dport offset");
+
+struct nw_event_stats {
+    __u64 n[4];
+};
+_Static_assert(sizeof(struct nw_event_stats) == 32, "nw_event_stats size");
+_Static_assert(__builtin_offsetof(struct nw_event_stats, n) == 0, "nw_event_stats.n offset");
+
+struct nw_drop_event {
+    __u64 ts_ns;
+    __u32 iface;
+    __u8 dir;
+    __u8 verdict;
+    __u8 reason;
+    __u8 family;
+    __u8 proto;
+    __u8 pad[3];
+    __u16 sport;
+    __u16 dport;
+    __u8 saddr[16];
+    __u8 daddr[16];
+};
+_Static_assert(sizeof(struct nw_drop_event) == 56, "nw_drop_event size");
+_Static_assert(__builtin_offsetof(struct nw_drop_event, ts_ns) == 0, "nw_drop_event.ts_ns offset");
+_Static_assert(__builtin_offsetof(struct nw_drop_event, iface) == 8, "nw_drop_event.iface offset");
+_Static_assert(__builtin_offsetof(struct nw_drop_event, dir) == 12, "nw_drop_event.dir offset");
+_Static_assert(__builtin_offsetof(struct nw_drop_event, verdict) == 13, "nw_drop_event.verdict offset");
+_Static_assert(__builtin_offsetof(struct nw_drop_event, reason) == 14, "nw_drop_event.reason offset");
+_Static_assert(__builtin_offsetof(struct nw_drop_event, family) == 15, "nw_drop_event.family offset");
+_Static_assert(__builtin_offsetof(struct nw_drop_event, proto) == 16, "nw_drop_event.proto offset");
+_Static_assert(__builtin_offsetof(struct nw_drop_event, pad) == 17, "nw_drop_event.pad offset");
+_Static_assert(__builtin_offsetof(struct nw_drop_event, sport) == 20, "nw_drop_event.sport offset");
+_Static_assert(__builtin_offsetof(struct nw_drop_event, dport) == 22, "nw_drop_event.dport offset");
+_Static_assert(__builtin_offsetof(struct nw_drop_event, saddr) == 24, "nw_drop_event.saddr offset");
+_Static_assert(__builtin_offsetof(struct nw_drop_event, daddr) == 40, "nw_drop_event.daddr offset");
+
 /* Maps, each pinned as NW_PIN_DIR/<name>: bcc reuses a pinned map when
  * the pin exists (state survives an agent restart) and creates and pins
  * it otherwise. NW_PIN_DIR is passed by the loader (-DNW_PIN_DIR=...). */
@@ -170,6 +254,12 @@ _Static_assert(__builtin_offsetof(struct nw_meta, next_iface) == 4, "nw_meta.nex
     BPF_TABLE_PINNED("hash", __u32, struct nw_iface_info, nw_ifaces, 4096, NW_PIN_DIR "/nw_ifaces", 1); \
     BPF_TABLE_PINNED("array", __u32, struct nw_meta, nw_meta, 1, NW_PIN_DIR "/nw_meta", 0); \
     BPF_TABLE_PINNED("prog", __u32, __u32, nw_progs, 1, NW_PIN_DIR "/nw_progs", 0); \
+    BPF_TABLE_PINNED("array", __u32, struct nw_event_cfg, nw_evcfg, 1, NW_PIN_DIR "/nw_evcfg", 0); \
+    BPF_TABLE_PINNED("array", __u32, struct nw_event_window, nw_evwindow, 1, NW_PIN_DIR "/nw_evwindow", 0); \
+    BPF_TABLE_PINNED("percpu_array", __u32, struct nw_event_stats, nw_evstats, 1, NW_PIN_DIR "/nw_evstats", 0); \
+    BPF_TABLE_PINNED("lru_hash", struct nw_event_flow_key, __u64, nw_evseen, 16384, NW_PIN_DIR "/nw_evseen", 0); \
+    struct nw_events_table_t { int key; __u32 leaf; void *(*ringbuf_reserve)(__u64); void (*ringbuf_submit)(void *, __u64); void (*ringbuf_discard)(void *, __u64); __u32 max_entries; }; \
+    __attribute__((section("maps/ringbuf:" NW_PIN_DIR "/nw_events"))) struct nw_events_table_t nw_events = { .max_entries = 262144 }; \
     /* end of maps */
 
 #endif /* NW_LAYOUT_H */

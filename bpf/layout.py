@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Protocol, cast
 
+# Unchanged by the drop-event maps: they are only added, so load() over an
+# older instance creates them beside the pinned maps and swaps the program.
 LAYOUT_VERSION = 1
 
 # -- enums shared with C ------------------------------------------------------
@@ -55,6 +57,35 @@ class Verdict(IntEnum):
 
 
 N_VERDICTS = len(Verdict)
+
+
+class DropReason(IntEnum):
+    """Why a drop-event record's packet was dropped (where policy.c decides)."""
+
+    NO_RULE = 1  # no peer entry covers the address: no rule selects this peer
+    EXCEPT = 2  # the covering entry is an ``except`` block (class mask 0)
+    PORT = 3  # the peer is allowed, but not for this protocol/port
+    MALFORMED = 4  # truncated or invalid IP/L4 header on an isolated direction
+    NON_IP = 5  # encapsulation the parser stops at (3rd VLAN tag, MPLS, PPPoE)
+
+
+# nw_event_cfg defaults: one record per directed flow per second, 1000/s in all.
+EVENT_FLOW_INTERVAL_MS = 1000
+EVENT_MAX_PER_SECOND = 1000
+EVENT_RING_BYTES = 1 << 18  # a power-of-two number of pages
+MAX_EVENT_FLOWS = 1 << 14
+
+
+class EventStat(IntEnum):
+    """Slots of the per-CPU ``nw_evstats`` array."""
+
+    EMITTED = 0  # records written to the ring
+    FLOW_SUPPRESSED = 1  # a record for the same directed flow went out recently
+    CAP_SUPPRESSED = 2  # the global per-second cap was reached
+    RING_FULL = 3  # bpf_ringbuf_reserve failed: the agent is behind
+
+
+N_EVENT_STATS = len(EventStat)
 
 # nw_cfg_val.flags
 CFG_KEEP_ESTABLISHED = 0x1  # flows admitted by an older generation are not revalidated
@@ -195,6 +226,61 @@ class Meta(ct.Structure):
     _fields_ = [("layout_version", ct.c_uint32), ("next_iface", ct.c_uint32)]
 
 
+class EventCfg(ct.Structure):
+    """Written by the agent; ``enabled`` 0 keeps the drop path event-free."""
+
+    _fields_ = [
+        ("per_flow_interval_ns", ct.c_uint64),
+        ("enabled", ct.c_uint32),
+        ("max_per_sec", ct.c_uint32),
+    ]
+
+
+class EventWindow(ct.Structure):
+    """The global cap's one-second window (shared by all CPUs, atomics)."""
+
+    _fields_ = [("start_ns", ct.c_uint64), ("count", ct.c_uint64)]
+
+
+class EventFlowKey(ct.Structure):
+    """A directed flow, for the per-flow dedup of drop records."""
+
+    _fields_ = [
+        ("iface", ct.c_uint32),
+        ("dir", ct.c_uint8),
+        ("family", ct.c_uint8),
+        ("proto", ct.c_uint8),
+        ("pad", ct.c_uint8),
+        ("saddr", ct.c_uint8 * 16),
+        ("daddr", ct.c_uint8 * 16),
+        ("sport", ct.c_uint16),  # network order
+        ("dport", ct.c_uint16),
+    ]
+
+
+class EventStats(ct.Structure):
+    _fields_ = [("n", ct.c_uint64 * N_EVENT_STATS)]
+
+
+class DropEvent(ct.Structure):
+    """One ring-buffer record."""
+
+    _fields_ = [
+        ("ts_ns", ct.c_uint64),  # bpf_ktime_get_ns()
+        ("iface", ct.c_uint32),
+        ("dir", ct.c_uint8),
+        ("verdict", ct.c_uint8),
+        ("reason", ct.c_uint8),
+        ("family", ct.c_uint8),  # 0 when no IP header could be read
+        ("proto", ct.c_uint8),
+        ("pad", ct.c_uint8 * 3),
+        ("sport", ct.c_uint16),  # network order
+        ("dport", ct.c_uint16),
+        ("saddr", ct.c_uint8 * 16),
+        ("daddr", ct.c_uint8 * 16),
+    ]
+
+
 # The fixed (always fully matched) bits ahead of the variable part of each key.
 PEER_FIXED_BITS = 8 * (PeerKey.addr.offset - PeerKey.iface.offset)
 PORT_FIXED_BITS = 8 * (PortKey.port_be.offset - PortKey.iface.offset)
@@ -210,6 +296,11 @@ STRUCTS: dict[str, type[ct.Structure]] = {
     "nw_counter_val": CounterVal,
     "nw_iface_info": IfaceInfo,
     "nw_meta": Meta,
+    "nw_event_cfg": EventCfg,
+    "nw_event_window": EventWindow,
+    "nw_event_flow_key": EventFlowKey,
+    "nw_event_stats": EventStats,
+    "nw_drop_event": DropEvent,
 }
 
 # -- maps -----------------------------------------------------------------------
@@ -219,8 +310,10 @@ BPF_MAP_TYPE_HASH = 1
 BPF_MAP_TYPE_ARRAY = 2
 BPF_MAP_TYPE_PROG_ARRAY = 3
 BPF_MAP_TYPE_PERCPU_HASH = 5
+BPF_MAP_TYPE_PERCPU_ARRAY = 6
 BPF_MAP_TYPE_LRU_HASH = 9
 BPF_MAP_TYPE_LPM_TRIE = 11
+BPF_MAP_TYPE_RINGBUF = 27
 BPF_F_NO_PREALLOC = 1
 
 
@@ -242,6 +335,8 @@ class MapSpec:
 
 
 def _c_sizeof(ctype: str) -> int:
+    if ctype == "":
+        return 0  # a ring buffer has neither key nor value
     if ctype.startswith("struct "):
         return ct.sizeof(STRUCTS[ctype[len("struct ") :]])
     return {"__u32": 4, "__u64": 8}[ctype]
@@ -307,6 +402,22 @@ MAPS: tuple[MapSpec, ...] = (
     MapSpec("nw_meta", "array", BPF_MAP_TYPE_ARRAY, "__u32", "struct nw_meta", 1),
     # Slot 0 holds the policy program; every interface's trampoline tail-calls it.
     MapSpec("nw_progs", "prog", BPF_MAP_TYPE_PROG_ARRAY, "__u32", "__u32", 1),
+    # Drop events: config (agent-written), the global cap's window, per-CPU
+    # stats, the per-flow dedup LRU, and the ring itself.
+    MapSpec("nw_evcfg", "array", BPF_MAP_TYPE_ARRAY, "__u32", "struct nw_event_cfg", 1),
+    MapSpec("nw_evwindow", "array", BPF_MAP_TYPE_ARRAY, "__u32", "struct nw_event_window", 1),
+    MapSpec(
+        "nw_evstats", "percpu_array", BPF_MAP_TYPE_PERCPU_ARRAY, "__u32", "struct nw_event_stats", 1
+    ),
+    MapSpec(
+        "nw_evseen",
+        "lru_hash",
+        BPF_MAP_TYPE_LRU_HASH,
+        "struct nw_event_flow_key",
+        "__u64",
+        MAX_EVENT_FLOWS,
+    ),
+    MapSpec("nw_events", "ringbuf", BPF_MAP_TYPE_RINGBUF, "", "", EVENT_RING_BYTES),
 )
 MAPS_BY_NAME = {m.name: m for m in MAPS}
 PROG_PIN = "nw_policy"  # pin name of the policy program
@@ -468,8 +579,11 @@ def _constants() -> list[tuple[str, int]]:
     consts: list[tuple[str, int]] = [("NW_LAYOUT_VERSION", LAYOUT_VERSION)]
     consts += [(f"NW_DIR_{d.name}", int(d)) for d in Direction]
     consts += [(f"NW_V_{v.name}", int(v)) for v in Verdict]
+    consts += [(f"NW_R_{r.name}", int(r)) for r in DropReason]
+    consts += [(f"NW_EVS_{e.name}", int(e)) for e in EventStat]
     consts += [
         ("NW_N_VERDICTS", N_VERDICTS),
+        ("NW_N_EVENT_STATS", N_EVENT_STATS),
         ("NW_CFG_KEEP_ESTABLISHED", CFG_KEEP_ESTABLISHED),
         ("NW_FLOW_ORIG_SRC_IS_LO", FLOW_ORIG_SRC_IS_LO),
         ("NW_FLOW_CLOSING", FLOW_CLOSING),
@@ -518,6 +632,20 @@ def render_c_header() -> str:
     out.append(" * it otherwise. NW_PIN_DIR is passed by the loader (-DNW_PIN_DIR=...). */")
     out.append("#define NW_DECLARE_MAPS \\")
     for spec in MAPS:
+        if spec.kernel_type == BPF_MAP_TYPE_RINGBUF:
+            # bcc has no pinned form of BPF_RINGBUF_OUTPUT: the same table
+            # struct, with the pin path in the section name.
+            out.append(
+                f"    struct {spec.name}_table_t {{ int key; __u32 leaf; "
+                "void *(*ringbuf_reserve)(__u64); void (*ringbuf_submit)(void *, __u64); "
+                "void (*ringbuf_discard)(void *, __u64); __u32 max_entries; }; \\"
+            )
+            out.append(
+                f'    __attribute__((section("maps/ringbuf:" NW_PIN_DIR "/{spec.name}"))) '
+                f"struct {spec.name}_table_t {spec.name} = "
+                f"{{ .max_entries = {spec.max_entries} }}; \\"
+            )
+            continue
         out.append(
             f'    BPF_TABLE_PINNED("{spec.bcc_type}", {spec.key}, {spec.value}, {spec.name}, '
             f'{spec.max_entries}, NW_PIN_DIR "/{spec.name}", {spec.flags}); \\'

@@ -251,8 +251,9 @@ static __always_inline void nw_count(__u32 iface, __u32 dir, __u8 verdict, __u32
     v->bytes += len;
 }
 
-/* The verdict of one table: lpm(peers) & (lpm(ports) | any_proto_mask). */
-static __always_inline int nw_policy_allows(__u32 iface, __u32 dir, const struct nw_cfg_val *cfg,
+/* The verdict of one table: lpm(peers) & (lpm(ports) | any_proto_mask).
+ * Returns 0 when allowed, else the NW_R_* reason of the drop. */
+static __always_inline int nw_policy_denies(__u32 iface, __u32 dir, const struct nw_cfg_val *cfg,
                                             __u8 family, const __u32 *peer, __u8 proto,
                                             __u16 dport_be, int ported)
 {
@@ -272,10 +273,14 @@ static __always_inline int nw_policy_allows(__u32 iface, __u32 dir, const struct
     }
     __u64 *classes = nw_peers.lookup(&pk);
     if (!classes)
-        return 0;
+        return NW_R_NO_RULE;
     __u64 peer_mask = *classes;
+    /* The lowering gives an except block its own entry with the classes it
+     * removes cleared: an empty mask means an except covers this peer. */
+    if (!peer_mask)
+        return NW_R_EXCEPT;
     if (peer_mask & cfg->any_proto_mask)
-        return 1;
+        return 0;
     struct nw_port_key qk = {};
     /* Protocols without ports look up prefixlen 0 only: a port entry must
      * never match them by accident of dport == 0. */
@@ -286,7 +291,7 @@ static __always_inline int nw_policy_allows(__u32 iface, __u32 dir, const struct
     qk.proto = proto;
     qk.port_be = ported ? dport_be : 0;
     __u64 *ports = nw_ports.lookup(&qk);
-    return ports && (peer_mask & *ports) != 0;
+    return (ports && (peer_mask & *ports) != 0) ? 0 : NW_R_PORT;
 }
 
 static __always_inline struct nw_cfg_val *nw_cfg_of(__u32 iface, __u32 dir)
@@ -321,9 +326,9 @@ static __always_inline int nw_flow_still_admitted(const struct nw_flow_key *fk,
     int peer_is_lo = (adir == NW_DIR_INGRESS) ? src_lo : !src_lo;
     __u16 orig_dport = src_lo ? fk->hi_port : fk->lo_port;
     int ported = nw_is_ported(fk->proto);
-    int ok = nw_policy_allows(fk->iface, adir, acfg, fk->family,
-                              peer_is_lo ? fk->lo_addr : fk->hi_addr, fk->proto,
-                              orig_dport, ported);
+    int ok = !nw_policy_denies(fk->iface, adir, acfg, fk->family,
+                               peer_is_lo ? fk->lo_addr : fk->hi_addr, fk->proto,
+                               orig_dport, ported);
     if (ok)
         fv->admit_gen = acfg->gen;
     return ok;
@@ -378,6 +383,77 @@ static __always_inline int nw_icmp_related(struct __sk_buff *skb, __u32 iface, _
     return nw_flow_still_admitted(&fk, fv, dir, cfg);
 }
 
+/* Drop records: only on the drop path, so allowed traffic never pays for
+ * them. Per directed flow at most one record per configured interval (LRU of
+ * last emits), then a global per-second cap; a full ring loses the record,
+ * never the verdict. */
+static __always_inline void nw_stat(__u32 slot)
+{
+    __u32 zero = 0;
+    struct nw_event_stats *st = nw_evstats.lookup(&zero);
+    if (st && slot < NW_N_EVENT_STATS)
+        st->n[slot] += 1; /* per-CPU: no atomics */
+}
+
+static __always_inline void nw_drop_event(__u32 iface, __u32 dir, const struct nw_pkt *pkt,
+                                          __u8 reason)
+{
+    __u32 zero = 0;
+    struct nw_event_cfg *ec = nw_evcfg.lookup(&zero);
+    if (!ec || !ec->enabled)
+        return;
+    __u64 now = bpf_ktime_get_ns();
+    struct nw_event_flow_key ek = {};
+    ek.iface = iface;
+    ek.dir = dir;
+    ek.family = pkt->family;
+    ek.proto = pkt->proto;
+    __builtin_memcpy(ek.saddr, pkt->saddr, 16);
+    __builtin_memcpy(ek.daddr, pkt->daddr, 16);
+    ek.sport = pkt->sport;
+    ek.dport = pkt->dport;
+    __u64 *last = nw_evseen.lookup(&ek);
+    if (last && now - *last < ec->per_flow_interval_ns) {
+        nw_stat(NW_EVS_FLOW_SUPPRESSED);
+        return;
+    }
+    struct nw_event_window *w = nw_evwindow.lookup(&zero);
+    if (!w)
+        return;
+    if (now - w->start_ns >= 1000000000ULL) {
+        /* Racing CPUs may both reset: the cap can overshoot by one CPU's
+         * worth for a window, never more. */
+        w->start_ns = now;
+        w->count = 0;
+    }
+    if (__sync_fetch_and_add(&w->count, 1) >= ec->max_per_sec) {
+        nw_stat(NW_EVS_CAP_SUPPRESSED);
+        return;
+    }
+    nw_evseen.update(&ek, &now);
+    struct nw_drop_event *e = nw_events.ringbuf_reserve(sizeof(struct nw_drop_event));
+    if (!e) {
+        nw_stat(NW_EVS_RING_FULL);
+        return;
+    }
+    e->ts_ns = now;
+    e->iface = iface;
+    e->dir = dir;
+    e->verdict = NW_V_DROP_POLICY;
+    e->reason = reason;
+    e->family = pkt->family;
+    e->proto = pkt->proto;
+    e->pad[0] = 0;
+    e->pad[1] = 0;
+    e->pad[2] = 0;
+    e->sport = pkt->sport;
+    e->dport = pkt->dport;
+    __builtin_memcpy(e->saddr, pkt->saddr, 16);
+    __builtin_memcpy(e->daddr, pkt->daddr, 16);
+    nw_events.ringbuf_submit(e, 0);
+    nw_stat(NW_EVS_EMITTED);
+}
+
 int nw_policy(struct __sk_buff *skb)
 {
     __u32 iface = skb->cb[0];
@@ -408,12 +484,14 @@ int nw_policy(struct __sk_buff *skb)
     }
 
     int parsed;
+    __u8 malformed_reason = NW_R_MALFORMED;
     if (ethertype == ETH_P_8021Q_ || ethertype == ETH_P_8021AD_ || ethertype == ETH_P_MPLS_UC_ ||
         ethertype == ETH_P_MPLS_MC_ || ethertype == ETH_P_PPP_SES_) {
         /* Encapsulations that carry IP past a parser that stops here (a
          * third tag, MPLS, PPPoE session): passing them as "non-IP" would
          * tunnel around the policy, so an isolated direction drops them. */
         parsed = PARSE_MALFORMED;
+        malformed_reason = NW_R_NON_IP;
     } else {
         parsed = nw_parse_ip(skb, off, ethertype, &pkt);
     }
@@ -435,6 +513,7 @@ int nw_policy(struct __sk_buff *skb)
             return NW_PASS;
         }
         nw_count(iface, dir, NW_V_DROP_POLICY, skb->len);
+        nw_drop_event(iface, dir, &pkt, malformed_reason);
         return NW_DROP;
     }
 
@@ -488,11 +567,12 @@ int nw_policy(struct __sk_buff *skb)
     if (!isolated) {
         verdict = NW_V_PASS_UNISOLATED;
     } else {
-        int ok = nw_policy_allows(iface, dir, cfg, pkt.family,
-                                  dir == NW_DIR_INGRESS ? pkt.saddr : pkt.daddr, pkt.proto,
-                                  pkt.dport, pkt.ported);
-        if (!ok) {
+        int reason = nw_policy_denies(iface, dir, cfg, pkt.family,
+                                      dir == NW_DIR_INGRESS ? pkt.saddr : pkt.daddr, pkt.proto,
+                                      pkt.dport, pkt.ported);
+        if (reason) {
             nw_count(iface, dir, NW_V_DROP_POLICY, skb->len);
+            nw_drop_event(iface, dir, &pkt, reason);
             return NW_DROP;
         }
         verdict = NW_V_PASS_POLICY;

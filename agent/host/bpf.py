@@ -292,6 +292,32 @@ class PolicyDatapath:
         with self._lock:
             return self._need().tables.counters(iface.id)
 
+    # -- drop events ------------------------------------------------------------
+
+    def set_drop_events(
+        self, enabled: bool, per_flow_interval_ms: int, max_per_second: int
+    ) -> None:
+        """Configure the in-kernel dedup and cap of drop records (takes
+        effect on the next dropped packet)."""
+        with self._lock:
+            cfg = L.EventCfg(
+                per_flow_interval_ns=per_flow_interval_ms * 1_000_000,
+                enabled=1 if enabled else 0,
+                max_per_sec=max_per_second,
+            )
+            self._need().maps.evcfg.update(U32(0), cfg)
+
+    def drop_event_stats(self) -> dict[L.EventStat, int]:
+        """Records emitted and suppressed (by reason), summed over CPUs."""
+        with self._lock:
+            per_cpu = self._need().maps.evstats.lookup_percpu(U32(0)) or []
+            return {s: sum(int(v.n[s]) for v in per_cpu) for s in L.EventStat}
+
+    def events_fd(self) -> int:
+        """The ring buffer's fd (owned by the datapath: do not close)."""
+        with self._lock:
+            return self._need().maps.events.fd
+
     def flow_count(self, iface: IfaceKey | None = None) -> int:
         with self._lock:
             return self._need().tables.flow_count(None if iface is None else iface.id)

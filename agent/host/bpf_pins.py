@@ -36,6 +36,10 @@ class Maps:
     ifaces: Map[U32, L.IfaceInfo]
     meta: Map[U32, L.Meta]
     progs: Map[U32, U32]
+    evcfg: Map[U32, L.EventCfg]
+    evstats: Map[U32, L.EventStats]
+    # A ring buffer has no elements: only its fd is used (bpf_events mmaps it).
+    events: Map[U32, U32]
 
     def close(self) -> None:
         for f in fields(self):
@@ -85,7 +89,8 @@ def open_maps(pin_dir: Path, ncpu: int) -> Maps:
         except HostError:
             os.close(fd)
             raise
-        percpu = ncpu if spec.kernel_type == L.BPF_MAP_TYPE_PERCPU_HASH else 0
+        percpu_types = (L.BPF_MAP_TYPE_PERCPU_HASH, L.BPF_MAP_TYPE_PERCPU_ARRAY)
+        percpu = ncpu if spec.kernel_type in percpu_types else 0
         m = Map(spec, fd, key_t, value_t, percpu)
         opened.append(m)
         return m
@@ -100,6 +105,9 @@ def open_maps(pin_dir: Path, ncpu: int) -> Maps:
             ifaces=one("nw_ifaces", U32, L.IfaceInfo),
             meta=one("nw_meta", U32, L.Meta),
             progs=one("nw_progs", U32, U32),
+            evcfg=one("nw_evcfg", U32, L.EventCfg),
+            evstats=one("nw_evstats", U32, L.EventStats),
+            events=one("nw_events", U32, U32),
         )
     except BaseException:
         for m in opened:

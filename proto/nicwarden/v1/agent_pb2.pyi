@@ -552,3 +552,53 @@ class ConvergeResponse(_message.Message):
     remaining: _containers.RepeatedScalarFieldContainer[str]
     converged: bool
     def __init__(self, applied: _Optional[_Iterable[str]] = ..., skipped: _Optional[_Iterable[str]] = ..., drift: _Optional[_Iterable[str]] = ..., remaining: _Optional[_Iterable[str]] = ..., converged: _Optional[bool] = ...) -> None: ...
+
+class ObserveRequest(_message.Message):
+    __slots__ = ("pod_namespace", "pod_name", "network", "verdict", "since_seconds")
+    POD_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    POD_NAME_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    SINCE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    pod_namespace: str
+    pod_name: str
+    network: str
+    verdict: str
+    since_seconds: float
+    def __init__(self, pod_namespace: _Optional[str] = ..., pod_name: _Optional[str] = ..., network: _Optional[str] = ..., verdict: _Optional[str] = ..., since_seconds: _Optional[float] = ...) -> None: ...
+
+class FlowRecord(_message.Message):
+    __slots__ = ("time", "namespace", "pod", "network", "ifname", "direction", "verdict", "reason", "protocol", "src", "src_port", "dst", "dst_port", "policies", "iface", "lost")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    POD_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    IFNAME_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    SRC_FIELD_NUMBER: _ClassVar[int]
+    SRC_PORT_FIELD_NUMBER: _ClassVar[int]
+    DST_FIELD_NUMBER: _ClassVar[int]
+    DST_PORT_FIELD_NUMBER: _ClassVar[int]
+    POLICIES_FIELD_NUMBER: _ClassVar[int]
+    IFACE_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
+    time: float
+    namespace: str
+    pod: str
+    network: str
+    ifname: str
+    direction: str
+    verdict: str
+    reason: str
+    protocol: int
+    src: str
+    src_port: int
+    dst: str
+    dst_port: int
+    policies: _containers.RepeatedScalarFieldContainer[str]
+    iface: int
+    lost: int
+    def __init__(self, time: _Optional[float] = ..., namespace: _Optional[str] = ..., pod: _Optional[str] = ..., network: _Optional[str] = ..., ifname: _Optional[str] = ..., direction: _Optional[str] = ..., verdict: _Optional[str] = ..., reason: _Optional[str] = ..., protocol: _Optional[int] = ..., src: _Optional[str] = ..., src_port: _Optional[int] = ..., dst: _Optional[str] = ..., dst_port: _Optional[int] = ..., policies: _Optional[_Iterable[str]] = ..., iface: _Optional[int] = ..., lost: _Optional[int] = ...) -> None: ...

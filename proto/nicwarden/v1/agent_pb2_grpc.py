@@ -89,6 +89,11 @@ class AgentStub:
                 request_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListPoliciesRequest.SerializeToString,
                 response_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListPoliciesResponse.FromString,
                 _registered_method=True)
+        self.Observe = channel.unary_stream(
+                '/nicwarden.v1.Agent/Observe',
+                request_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ObserveRequest.SerializeToString,
+                response_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.FlowRecord.FromString,
+                _registered_method=True)
         self.SetNumVfs = channel.unary_unary(
                 '/nicwarden.v1.Agent/SetNumVfs',
                 request_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.SetNumVfsRequest.SerializeToString,
@@ -186,6 +191,14 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Observe(self, request, context):
+        """Dropped-flow records from the datapath as they happen (deduplicated and
+        capped in the kernel), resolved to pod and network.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetNumVfs(self, request, context):
         """SR-IOV provisioning and DPDK binding.
         """
@@ -268,6 +281,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.ListPolicies,
                     request_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListPoliciesRequest.FromString,
                     response_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListPoliciesResponse.SerializeToString,
+            ),
+            'Observe': grpc.unary_stream_rpc_method_handler(
+                    servicer.Observe,
+                    request_deserializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ObserveRequest.FromString,
+                    response_serializer=nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.FlowRecord.SerializeToString,
             ),
             'SetNumVfs': grpc.unary_unary_rpc_method_handler(
                     servicer.SetNumVfs,
@@ -587,6 +605,33 @@ class Agent:
             '/nicwarden.v1.Agent/ListPolicies',
             nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListPoliciesRequest.SerializeToString,
             nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ListPoliciesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Observe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/nicwarden.v1.Agent/Observe',
+            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.ObserveRequest.SerializeToString,
+            nicwarden_dot_proto_dot_nicwarden_dot_v1_dot_agent__pb2.FlowRecord.FromString,
             options,
             channel_credentials,
             insecure,
