@@ -51,6 +51,10 @@ class VfAudit:
     def __init__(self, attach: AttachService) -> None:
         self.attach = attach
         self._lock = threading.Lock()
+        # One audit or admin decision at a time: a periodic run that examined a
+        # VF before a release moved it home must not publish its stale finding
+        # after the release's own run.
+        self._serial = threading.RLock()
         self._unexplained: dict[str, Unexplained] = {}
         self._held: dict[str, str] = {}
         # Called with the VFs newly found unexplained (Events, logs).
@@ -78,6 +82,10 @@ class VfAudit:
 
     def run(self) -> list[Unexplained]:
         """Examine every VF now; returns the unexplained ones."""
+        with self._serial:
+            return self._run()
+
+    def _run(self) -> list[Unexplained]:
         ctx = self.attach.ctx
         inv = ctx.inventory.rescan()
         found: dict[str, Unexplained] = {}
@@ -131,6 +139,14 @@ class VfAudit:
     # -- admin decisions ---------------------------------------------------------
 
     def adopt(self, device: str) -> str:
+        with self._serial:
+            return self._adopt(device)
+
+    def release(self, device: str) -> str:
+        with self._serial:
+            return self._release(device)
+
+    def _adopt(self, device: str) -> str:
         vf = self._vf(device)
         store = self.attach.ctx.store
         with self.attach.locks.hold(f"vf:{vf.address}"):
@@ -148,7 +164,7 @@ class VfAudit:
         self.run()
         return line
 
-    def release(self, device: str) -> str:
+    def _release(self, device: str) -> str:
         vf = self._vf(device)
         store = self.attach.ctx.store
         with self.attach.locks.hold(f"vf:{vf.address}"):

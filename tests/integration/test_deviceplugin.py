@@ -417,7 +417,10 @@ def test_shutdown_sends_empty_list_and_cleans_up(env: Env) -> None:
 
     manager.stop()
     env.managers.remove(manager)
-    assert net.latest() == [] and dpdk.latest() == []
+    # The farewell is on the wire when stop() returns; kubelet reads it when
+    # its stream thread next runs.
+    net.wait_for(lambda d: d == [])
+    dpdk.wait_for(lambda d: d == [])
     assert net.wait_ended() and dpdk.wait_ended()
     assert socket_files(env.plugin_dir) == ["kubelet.sock"]
     assert [p.name for p in (env.devinfo / "dp").iterdir()] == [
