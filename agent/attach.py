@@ -373,7 +373,7 @@ class AttachService:
         keeps the VF from being handed out again (reconcile retries it)."""
         # The VF was just brought home; on the simulated node its sysfs
         # link follows the kernel a moment later, so wait briefly.
-        if att.kind == "sriov" and self._wait_home(vf.address, FORGET_WAIT_S) is None:
+        if att.kind == "sriov" and self.wait_home(vf.address, FORGET_WAIT_S) is None:
             raise CniError(
                 TRY_AGAIN,
                 f"VF {vf.address} is not back in the host netns; its attachment is kept"
@@ -509,10 +509,10 @@ class AttachService:
                     pod.move_to_netns(found, None, new_name=name or None)
                     current = name or None
             if current is None:
-                current = self._wait_home(vf.address, 1.0)
+                current = self.wait_home(vf.address, 1.0)
         if current is None:
             # The netns is dying: the kernel returns the VF shortly.
-            current = self._wait_home(vf.address, RETURN_WAIT_S)
+            current = self.wait_home(vf.address, RETURN_WAIT_S)
         if current is None:
             raise CniError(
                 TRY_AGAIN,
@@ -549,7 +549,7 @@ class AttachService:
         nd = host_netdev(self.ctx.paths, address)
         return nd.name if nd is not None else None
 
-    def _wait_home(self, address: str, timeout: float) -> str | None:
+    def wait_home(self, address: str, timeout: float) -> str | None:
         deadline = time.monotonic() + timeout
         while True:
             name = self._host_netdev(address)

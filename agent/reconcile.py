@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nicwarden.agent.attach import AttachService
+from nicwarden.agent.attach import RETURN_WAIT_S, AttachService
 from nicwarden.agent.errors import InvalidArgument, NotFound, Unavailable
 from nicwarden.agent.host.discovery import host_netdev
 from nicwarden.agent.host.vf_locate import bring_home
@@ -184,6 +184,10 @@ class VfAudit:
                     " adopt it instead, or move it back by hand"
                 )
             store.release_vf_hold(vf.address)
+            # sysfs (and the simulator's mirror of it) shows the netdev a
+            # moment after the move; the audit below reads sysfs, so wait
+            # for it rather than report the VF still away.
+            self.attach.wait_home(vf.address, RETURN_WAIT_S)
             nd = host_netdev(self.attach.ctx.paths, vf.address)
             if nd is not None and (home is None or home.ifindex != nd.ifindex):
                 store.set_vf_home(vf.address, nd.name, nd.ifindex)

@@ -2,19 +2,22 @@
 
 The periodic run examines VF A (away from home, unexplained) and is then slow
 to finish; meanwhile the admin releases A. Whatever the interleaving, once the
-release has returned, A is not reported any more.
+release has returned, A is not reported any more; nor when sysfs shows the
+released VF back home only a moment after the move.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from nicwarden.agent import attach as attach_module
 from nicwarden.agent import reconcile
-from nicwarden.agent.attach import KeyedLocks
+from nicwarden.agent.attach import AttachService, KeyedLocks
 from nicwarden.agent.reconcile import VfAudit
 
 A = "0000:18:01.1"
@@ -67,6 +70,7 @@ def test_release_during_a_periodic_run_leaves_nothing_reported(
     attach = SimpleNamespace(
         ctx=SimpleNamespace(inventory=inventory, store=_Store(), paths=None),
         locks=KeyedLocks(),
+        wait_home=lambda address, timeout: None,
     )
     audit = VfAudit(attach)  # type: ignore[arg-type]
 
@@ -103,3 +107,60 @@ def test_release_during_a_periodic_run_leaves_nothing_reported(
     assert outcome == [f"released {A}: moved back from a pod"]
     assert audit.unexplained() == []
     assert audit.blocked() == {}
+
+
+class _LaggingSysfs:
+    """The netdev is back in the host netns, but sysfs (or the simulator's
+    mirror of it) shows it only a moment later."""
+
+    def __init__(self) -> None:
+        self.moved_at: float | None = None
+
+    def netdev(self, paths: Any, address: str) -> Any:
+        if self.moved_at is None or time.monotonic() - self.moved_at < 0.3:
+            return None
+        return SimpleNamespace(name="vf18s01f1", ifindex=9)
+
+
+class _NoHomeStore(_Store):
+    def __init__(self) -> None:
+        self.home: Any = None
+
+    def vf_home(self, device: str) -> Any:
+        return self.home
+
+    def vf_hold(self, device: str) -> None:
+        return None
+
+    def set_vf_home(self, device: str, name: str, ifindex: int) -> None:
+        self.home = SimpleNamespace(name=name, ifindex=ifindex)
+
+
+def test_release_waits_for_sysfs_to_show_the_vf_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    sysfs = _LaggingSysfs()
+    vf = SimpleNamespace(address=A, fn=SimpleNamespace(driver="iavf", is_vfio=False))
+    inventory = SimpleNamespace(
+        rescan=lambda: SimpleNamespace(vfs=lambda: [vf], find=lambda d: vf if d == A else None)
+    )
+    store = _NoHomeStore()
+    attach: Any = SimpleNamespace(
+        ctx=SimpleNamespace(inventory=inventory, store=store, paths=None), locks=KeyedLocks()
+    )
+    attach._host_netdev = lambda address: AttachService._host_netdev(attach, address)
+    attach.wait_home = lambda address, timeout: AttachService.wait_home(attach, address, timeout)
+
+    def bring_home(paths: Any, address: str, name: str) -> str:
+        sysfs.moved_at = time.monotonic()
+        return "moved back from a pod"
+
+    monkeypatch.setattr(reconcile, "bring_home", bring_home)
+    monkeypatch.setattr(reconcile, "host_netdev", sysfs.netdev)
+    monkeypatch.setattr(attach_module, "host_netdev", sysfs.netdev)
+    monkeypatch.setattr(reconcile, "VF", SimpleNamespace)
+    audit = VfAudit(attach)
+    assert [u.device for u in audit.run()] == [A]
+
+    assert audit.release(A) == f"released {A}: moved back from a pod"
+    # Reported clean as soon as the release returns, with its home on record.
+    assert audit.unexplained() == [] and audit.blocked() == {}
+    assert store.home.name == "vf18s01f1"
