@@ -2,6 +2,14 @@
 (``reflector.py``), all feeding one ledger so the sink sees a single,
 serialised stream. Pods are watched in every namespace (policy peers can be
 anywhere), as one stream rather than one per namespace.
+
+``pod_metadata_only`` follows pods as ``PartialObjectMetadata`` (labels,
+annotations, identity), a fraction of their wire size. The policy engine
+also reads three things from a pod's spec and status; with metadata only,
+two are asked of the server as a field selector instead (finished pods and
+hostNetwork pods are never peers, so they are left out), and the third,
+named container ports, is lost: a rule naming a port then resolves it on no
+pod, which only narrows what it allows. Hence off by default.
 """
 
 from __future__ import annotations
@@ -26,6 +34,10 @@ log = logging.getLogger(__name__)
 # How long stop() waits for the loops to notice before giving up on them
 # (they are daemon threads; a stuck one cannot keep the process alive).
 _STOP_TIMEOUT = 10.0
+# The pods the engine can use, for when it cannot see their phase or
+# hostNetwork itself (objects.Pod.is_peer_candidate). A pod that finishes
+# leaves the selection, so its watch delivers DELETED.
+PEER_PODS = "status.phase!=Succeeded,status.phase!=Failed,spec.hostNetwork=false"
 
 
 def load_client(kubeconfig: Path | None = None) -> Any:
@@ -65,6 +77,7 @@ class ApiSource:
         watch_timeout: float = 300.0,
         request_timeout: float = 30.0,
         page_size: int = 500,
+        pod_metadata_only: bool = False,
     ) -> None:
         self.node_name = node_name  # names this agent in logs
         self._client = api_client
@@ -74,7 +87,7 @@ class ApiSource:
             request_timeout=request_timeout,
             page_size=page_size,
         )
-        self._ledger = Ledger()
+        self._ledger = Ledger(keep_objects=False)
         self._stopping = threading.Event()
         self._reflectors: list[Reflector] = []
         self._threads: list[tuple[threading.Thread, Reflector]] = []
@@ -89,8 +102,18 @@ class ApiSource:
             calls[kind] = (custom.list_cluster_custom_object, (r.group, r.version, r.plural))
         for kind in KINDS:
             call, args = calls[kind]
+            partial = kind == "Pod" and pod_metadata_only
             self._reflectors.append(
-                Reflector(RESOURCES[kind], call, args, self._ledger, self._settings, self._stopping)
+                Reflector(
+                    RESOURCES[kind],
+                    call,
+                    args,
+                    self._ledger,
+                    self._settings,
+                    self._stopping,
+                    metadata_only=partial,
+                    field_selector=PEER_PODS if partial else None,
+                )
             )
 
     # -- ObjectSource -----------------------------------------------------
@@ -135,6 +158,11 @@ class ApiSource:
         return [p for r in self._reflectors if (p := r.problem()) is not None]
 
     # -- introspection (tests, nicwardenctl) ------------------------------
+
+    def metadata_only(self) -> dict[str, bool | None]:
+        """Per kind: served metadata-only (True), asked but refused (False),
+        or not asked / not known yet (None)."""
+        return {r.kind: r.metadata_only for r in self._reflectors}
 
     def resource_versions(self) -> dict[str, str | None]:
         return {r.kind: r.resource_version for r in self._reflectors}

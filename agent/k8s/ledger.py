@@ -5,6 +5,13 @@ some kinds) and the ledger turns that into the events the consumer has not
 seen yet. Keeping the delivered state here is what lets a resync emit DELETE
 for objects that disappeared while nobody was watching, and lets a resumed
 watch replay events without the consumer seeing duplicates.
+
+The ledger compares objects by a 16-byte digest. The API source has it keep
+nothing else: at 100,000 pods a second copy of each would cost more than
+everything else the source holds, so a DELETE there without a final state
+carries only the object's identity, which is all a consumer needs to forget
+it. A small source (a directory of manifests) keeps the objects too, and its
+DELETEs carry their last state.
 """
 
 from __future__ import annotations
@@ -15,7 +22,8 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from ..policy import Action, Event
-from .kinds import KINDS, ObjectKey
+from .kinds import KINDS, RESOURCES, ObjectKey
+from .project import digest
 from .source import Sink
 
 log = logging.getLogger(__name__)
@@ -28,27 +36,32 @@ def _order(key: ObjectKey) -> tuple[int, str, str]:
 
 
 class Ledger:
-    def __init__(self) -> None:
+    def __init__(self, *, keep_objects: bool = True) -> None:
         # Reentrant so a sink may call back into its source (problems(), synced()).
         self._lock = threading.RLock()
-        self._delivered: dict[ObjectKey, Mapping[str, Any]] = {}
+        self._delivered: dict[ObjectKey, bytes] = {}  # key -> digest()
+        self._objects: dict[ObjectKey, Mapping[str, Any]] | None = {} if keep_objects else None
         self._sink: Sink | None = None
 
     def attach(self, sink: Sink | None) -> None:
         with self._lock:
             self._sink = sink
 
-    def known(self, kind: str) -> dict[ObjectKey, Mapping[str, Any]]:
+    def known(self, kind: str) -> dict[ObjectKey, bytes]:
         with self._lock:
             return {k: v for k, v in self._delivered.items() if k[0] == kind}
 
     def upsert(self, key: ObjectKey, obj: Mapping[str, Any]) -> bool:
-        """Deliver ADD or UPDATE unless the consumer already has exactly this."""
+        """Deliver ADD or UPDATE unless the consumer already has exactly this
+        (its resourceVersion aside)."""
+        new = digest(obj)
         with self._lock:
             old = self._delivered.get(key)
-            if old == obj:
+            if old == new:
                 return False
-            self._delivered[key] = obj
+            self._delivered[key] = new
+            if self._objects is not None:
+                self._objects[key] = obj
             self._emit(Action.ADD if old is None else Action.UPDATE, key, obj)
             return True
 
@@ -56,10 +69,12 @@ class Ledger:
         """Deliver DELETE (with the object's final state when known) unless the
         consumer never had it."""
         with self._lock:
-            old = self._delivered.pop(key, None)
-            if old is None:
+            if self._delivered.pop(key, None) is None:
                 return False
-            self._emit(Action.DELETE, key, final if final is not None else old)
+            last = self._objects.pop(key, None) if self._objects is not None else None
+            if final is None:
+                final = last if last is not None else _identity(key)
+            self._emit(Action.DELETE, key, final)
             return True
 
     def replace(
@@ -92,3 +107,9 @@ class Ledger:
             # object; the event is considered delivered (re-sending it would
             # most likely fail the same way forever).
             log.exception("object sink failed", extra={"action": str(action), "object": key})
+
+
+def _identity(key: ObjectKey) -> dict[str, Any]:
+    kind, namespace, name = key
+    meta = {"name": name, "namespace": namespace} if namespace else {"name": name}
+    return {"kind": kind, "apiVersion": RESOURCES[kind].api_version, "metadata": meta}

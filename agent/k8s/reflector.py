@@ -2,25 +2,34 @@
 client-go terms): list, then watch from the list's resourceVersion; resume a
 dropped watch from the last resourceVersion seen; relist when the server says
 that version is gone (410); back off with jitter on errors.
+
+Responses are parsed once, from the wire JSON, and each object is cut down
+to what the policy engine reads (``project.py``) before anything keeps it.
+A reflector may ask for metadata-only objects (``PartialObjectMetadata``,
+as client-go's metadata informers do); a server that answers with full
+objects instead is followed with full objects from then on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import random
+import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from nicwarden.agent.backoff import Backoff, BackoffPolicy
 
-from ._kube import ApiException, watch
+from ._kube import ApiException
 from .kinds import ObjectKey, ResourceType, object_key
 from .ledger import Ledger
+from .project import PROJECTIONS
 from .source import SourceProblem
 
 log = logging.getLogger(__name__)
@@ -28,6 +37,15 @@ log = logging.getLogger(__name__)
 HTTP_GONE = 410
 # A watch the server ends cleanly sooner than this did not prove anything.
 _MIN_CLEAN_WATCH = 1.0
+
+# etcd keeps objects up to 1.5 MiB; a watch event is one object plus a little.
+MAX_EVENT_BYTES = 16 << 20
+
+# What client-go's metadata client asks for (JSON only: no protobuf here).
+# The trailing plain type lets a server that cannot convert answer anyway.
+PARTIAL_KIND = "PartialObjectMetadata"
+LIST_METADATA = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+WATCH_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
 
 
 @dataclass(frozen=True)
@@ -64,6 +82,9 @@ class Reflector:
         ledger: Ledger,
         settings: WatchSettings,
         stopping: threading.Event,
+        *,
+        metadata_only: bool = False,
+        field_selector: str | None = None,
     ) -> None:
         self.resource = resource
         self._call = call  # the client's list function for this kind
@@ -73,7 +94,13 @@ class Reflector:
         self._stopping = stopping
         self._backoff = Backoff(settings.backoff)
         self._lock = threading.Lock()
-        self._watch: Any = None  # the open kubernetes.watch.Watch, if any
+        self._response: Any = None  # the open watch's urllib3 response, if any
+        self._project = PROJECTIONS[resource.kind]
+        # None: ask for metadata-only objects and see what the server sends;
+        # then True (it serves them) or False (it sent full objects).
+        self._partial: bool | None = None if metadata_only else False
+        self._asked = metadata_only
+        self._field_selector = field_selector
         self._problem: SourceProblem | None = None
         self.synced = threading.Event()
         self.resource_version: str | None = None
@@ -87,12 +114,24 @@ class Reflector:
         with self._lock:
             return self._problem
 
+    @property
+    def metadata_only(self) -> bool | None:
+        """Whether the server serves this kind metadata-only (None: never
+        asked, or no answer yet)."""
+        return self._partial if self._asked else None
+
     def interrupt(self) -> None:
-        """Unblock a watch read (from ``stop``): closes the socket under it."""
+        """Unblock a watch read (from ``stop``): shuts down the socket under
+        it. Only a shutdown wakes a thread blocked in recv; close() would
+        wait for it (and under TLS, for the lock that thread holds)."""
         with self._lock:
-            current = self._watch
+            current = self._response
         if current is not None:
-            current.stop()
+            conn = getattr(current, "connection", None)
+            sock = getattr(conn, "sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     def run(self) -> None:
         while not self._stopping.is_set():
@@ -135,6 +174,12 @@ class Reflector:
         version: str | None = None
         token: str | None = None
         timeout = self._settings.request_timeout
+        asked = self._partial is not False
+        kwargs: dict[str, Any] = {}
+        if asked:
+            kwargs["_headers"] = {"Accept": LIST_METADATA}
+        if self._field_selector:
+            kwargs["field_selector"] = self._field_selector
         while True:
             response = self._call(
                 *self._args,
@@ -142,6 +187,7 @@ class Reflector:
                 _continue=token,
                 _preload_content=False,
                 _request_timeout=(timeout, timeout),
+                **kwargs,
             )
             try:
                 # The raw JSON, not the client's models: the models would be
@@ -151,13 +197,22 @@ class Reflector:
                 body = json.loads(response.data)
             finally:
                 response.release_conn()
+            if asked and self._partial is None:
+                self._decide(body.get("kind"))
             meta = body.get("metadata") or {}
             # Every page of a list is served from the first page's snapshot.
             version = version or meta.get("resourceVersion")
             for item in body.get("items") or []:
+                if not isinstance(item, dict):
+                    continue  # nameless, so untrackable, like an object without a name
                 key, obj = self._normalise(item)
                 if key is not None:
                     objects[key] = obj
+            del body
+            # What this page kept lives as long as the agent: taking it out of
+            # the cyclic collector's sight keeps the next pages' collections
+            # from walking the whole cluster again and again.
+            gc.freeze()
             token = meta.get("continue") or None
             if token is None:
                 break
@@ -182,54 +237,66 @@ class Reflector:
         """Watch from ``resource_version`` until the stream ends; raises on
         errors (``_Gone`` for 410), returns when the server closed it cleanly."""
         duration = int(self._settings.watch_timeout * (1 + random.random()))
-        current = watch.Watch(return_type="object")  # "object": hand back dicts, no models
-        with self._lock:
-            self._watch = current
         if self._stopping.is_set():
             return
-        stream = current.stream(
-            self._opened_call,
+        kwargs: dict[str, Any] = {}
+        if self._partial:
+            kwargs["_headers"] = {"Accept": WATCH_METADATA}
+        if self._field_selector:
+            kwargs["field_selector"] = self._field_selector
+        # The raw stream, not kubernetes.watch: that parses each event's JSON,
+        # serialises the object back and parses it again.
+        response = self._call(
             *self._args,
+            watch=True,
             resource_version=self.resource_version,
             allow_watch_bookmarks=True,
-            timeout_seconds=duration,  # also stops the client's own silent retry
+            timeout_seconds=duration,
+            _preload_content=False,
             _request_timeout=(
                 self._settings.request_timeout,
                 duration + self._settings.request_timeout,
             ),
+            **kwargs,
         )
+        with self._lock:
+            self._response = response
+        # The client raises for non-2xx before returning, so this is an
+        # established watch: an earlier failure is over even if no event
+        # arrives for a long time. The backoff stays: a server (or proxy)
+        # that accepts watches and drops them at once must still be backed off.
+        self._clear_problem()
         try:
-            with contextlib.closing(stream):
-                for event in stream:
-                    if self._stopping.is_set():
-                        return
-                    if isinstance(event, Mapping):  # blank keep-alive lines come as None
-                        self._handle(event)
-        except ApiException as exc:
-            if exc.status == HTTP_GONE:
-                raise _Gone() from exc
-            raise
+            for line in _lines(response):
+                if self._stopping.is_set():
+                    return
+                event = json.loads(line)
+                if isinstance(event, dict):
+                    self._handle(event)
         finally:
             with self._lock:
-                self._watch = None
-
-    def _opened_call(self, *args: Any, **kwargs: Any) -> Any:
-        """The list call, noting success: the client raises for non-2xx before
-        returning, so a returned response is an established watch, and an
-        earlier failure is over even if no event arrives for a long time."""
-        response = self._call(*args, **kwargs)
-        # Clear the problem but keep the backoff: a server (or proxy) that
-        # accepts watches and drops them at once must still be backed off from.
-        self._clear_problem()
-        return response
+                self._response = None
+            with contextlib.suppress(Exception):
+                response.close()
+                response.release_conn()
 
     def _handle(self, event: Mapping[str, Any]) -> None:
         kind = event.get("type")
-        raw = event.get("raw_object")
+        raw = event.get("object")
+        if kind == "ERROR":
+            status = raw if isinstance(raw, dict) else {}
+            error = ApiException(
+                status=status.get("code"),
+                reason=f"{status.get('reason')}: {status.get('message')}",
+            )
+            if status.get("code") == HTTP_GONE:
+                raise _Gone() from error
+            raise error
         if not isinstance(raw, dict):
             log.warning("watch event without an object", extra={"kind": self.kind, "type": kind})
             return
-        version = (raw.get("metadata") or {}).get("resourceVersion")
+        meta = raw.get("metadata")
+        version = meta.get("resourceVersion") if isinstance(meta, dict) else None
         if kind == "BOOKMARK":
             # Nothing changed up to this version: resume from here next time.
             pass
@@ -240,8 +307,8 @@ class Reflector:
             elif kind == "DELETED":
                 self._ledger.remove(key, obj)
             else:
-                # A resumed watch may replay what we have: the ledger drops
-                # exact repeats, so the consumer sees each change once.
+                # A resumed watch may replay what we have, and most writes
+                # to a pod touch nothing we keep: the ledger drops both.
                 self._ledger.upsert(key, obj)
         else:
             log.warning("unknown watch event type", extra={"kind": self.kind, "type": kind})
@@ -254,15 +321,23 @@ class Reflector:
     # -- helpers ----------------------------------------------------------
 
     def _normalise(self, raw: dict[str, Any]) -> tuple[ObjectKey | None, dict[str, Any]]:
-        # List items of built-in kinds come without kind/apiVersion; fill them
-        # in so objects look the same from a list, a watch or a manifest.
-        raw.setdefault("kind", self.kind)
+        # List items of built-in kinds come without kind/apiVersion, and
+        # metadata-only ones as PartialObjectMetadata: the projection names
+        # them, so objects look the same from a list, a watch or a manifest.
+        if raw.get("kind") in (None, PARTIAL_KIND):
+            raw["kind"] = self.kind
+            raw["apiVersion"] = self.resource.api_version
         raw.setdefault("apiVersion", self.resource.api_version)
-        meta = raw.get("metadata")
-        if isinstance(meta, dict):
-            # Server-side-apply bookkeeping: large, and nothing here reads it.
-            meta.pop("managedFields", None)
-        return object_key(self.kind, raw), raw
+        obj = self._project(raw)
+        return object_key(self.kind, obj), obj
+
+    def _decide(self, list_kind: Any) -> None:
+        self._partial = list_kind == "PartialObjectMetadataList"
+        if not self._partial:
+            log.info(
+                "the server does not serve metadata-only lists; following full objects",
+                extra={"kind": self.kind, "list_kind": list_kind},
+            )
 
     def _healthy(self) -> None:
         self._backoff.reset()
@@ -290,3 +365,29 @@ def _describe_error(exc: BaseException) -> str:
             detail = json.loads(exc.body).get("message", "")
         return f"HTTP {exc.status} {exc.reason}" + (f": {detail}" if detail else "")
     return f"{type(exc).__name__}: {exc}"
+
+
+def _lines(response: Any) -> Iterator[bytes]:
+    """The newline-separated JSON documents of a watch stream; ``ValueError``
+    for one longer than any object the API server stores could make."""
+    pending: list[bytes] = []
+    size = 0
+    for chunk in response.stream(amt=None, decode_content=True):
+        if b"\n" not in chunk:
+            # Joined only once a line ends: a large object split over many
+            # chunks is not copied again for each.
+            pending.append(chunk)
+            size += len(chunk)
+            if size > MAX_EVENT_BYTES:
+                raise ValueError(f"watch event longer than {MAX_EVENT_BYTES} bytes")
+            continue
+        pending.append(chunk)
+        parts = b"".join(pending).split(b"\n")
+        last = parts.pop()
+        pending, size = [last], len(last)
+        for part in parts:
+            if part.strip():  # blank lines are keep-alives
+                yield part
+    rest = b"".join(pending)
+    if rest.strip():
+        yield rest

@@ -45,10 +45,16 @@ class ObjectSource(Protocol):
     * ``sink`` is called from a background thread, never concurrently with
       itself, with plain-dict objects the consumer must treat as read-only.
       An exception from the sink is logged, never fatal to the source.
+    * Objects may be cut down to the fields the policy engine reads
+      (``project.py``): the API source delivers Namespaces and Pods that way,
+      and may deliver Pods without spec and status (metadata-only).
     * Deliveries are relative to what this source delivered before: after a
       (re)sync (first start, restart after ``stop``, API relist) objects that
       vanished meanwhile are delivered as DELETE, unchanged ones not at all.
-      Give a fresh consumer a fresh source.
+      "Unchanged" is judged on the delivered form, resourceVersion aside: a
+      write to a field that was cut away delivers nothing. A DELETE carries
+      the object's last state when the source saw it, else only its kind and
+      identity. Give a fresh consumer a fresh source.
     * ``synced`` turns true once the initial state of every kind was delivered.
     """
 

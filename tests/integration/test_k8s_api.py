@@ -9,6 +9,7 @@ source it has.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from nicwarden.agent.k8s import (
     ObjectSource,
     load_client,
 )
+from nicwarden.agent.k8s.project import PROJECTIONS
 from nicwarden.agent.policy import PolicedInterface, PolicyEngine
 from tests.support.k8s_apiserver import EventLog, FakeApiServer, Request, wait_until
 
@@ -139,10 +141,12 @@ def start_synced(source: ApiSource, server: FakeApiServer) -> EventLog:
 
 
 def server_state(server: FakeApiServer) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """The server's objects as the source delivers them (cut to what the
+    engine reads)."""
     out = {}
     for kind in ("Namespace", "Pod", "NetworkAttachmentDefinition", "MultiNetworkPolicy"):
         for obj in server._objects[kind].values():
-            out[ref(obj)] = obj
+            out[ref(obj)] = PROJECTIONS[kind](copy.deepcopy(obj))
     return out
 
 

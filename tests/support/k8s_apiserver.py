@@ -14,7 +14,19 @@ else is a 404, an unknown query parameter a 400, so drift shows up):
   ``watch=true``, a chunked stream of ``{"type", "object"}`` lines from
   ``resourceVersion`` (ADDED/MODIFIED/DELETED; BOOKMARK only when
   ``allowWatchBookmarks=true``; ``ERROR`` with a 410 Status for a compacted
-  version), ended cleanly after ``timeoutSeconds``.
+  version), ended cleanly after ``timeoutSeconds``. Pods take a
+  ``fieldSelector`` on ``spec.nodeName``, ``spec.hostNetwork``,
+  ``status.phase``, ``metadata.name`` and ``metadata.namespace``; a watched
+  object that leaves the selection arrives as DELETED, one that enters it as
+  ADDED, as from the real server.
+* Metadata-only lists and watches, as client-go's metadata informers ask for
+  them: ``Accept: application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1``
+  (``as=PartialObjectMetadata`` for a watch) gets a ``PartialObjectMetadataList``
+  of ``PartialObjectMetadata`` items (``meta.k8s.io/v1``, metadata only), and
+  watch events carrying ``PartialObjectMetadata`` objects. The wrong ``as`` for
+  the verb, with nothing else acceptable, is a 406. ``metadata_only = False``
+  makes the server ignore such media types (an old or aggregated server), so
+  the client's plain ``application/json`` fallback gets full objects.
 * ``POST /api/v1/namespaces/{ns}/events``, ``PATCH .../events/{name}``
   (merge patch), ``GET .../events``.
 * ``resource.k8s.io/v1`` ResourceSlices (cluster-scoped) and ResourceClaims
@@ -30,7 +42,9 @@ else is a 404, an unknown query parameter a 400, so drift shows up):
   slice, attribute names and sizes, pool fields, node selection): 422 Invalid.
 
 One global resourceVersion counter orders every change, as etcd's revision
-does. Test controls: ``add``/``update``/``delete``, ``compact``,
+does. A large cluster is loaded with ``add_many`` then ``compact``; a paged
+list's snapshot is computed once per list, not per page. Test controls:
+``add``/``update``/``delete``, ``add_many``, ``compact``,
 ``drop_watches``, ``bookmark``, ``fail_next``, ``wait_for_watches``,
 ``on_request``; the
 ``requests`` log; the stored ``events``. Also ``EventLog``, a recording sink.
@@ -118,6 +132,13 @@ _OBJECT = re.compile(
 _BY_PLURAL = {"resourceslices": "ResourceSlice", "resourceclaims": "ResourceClaim"}
 # Field selectors each kind supports (the real server: "field label not supported").
 _FIELDS: dict[str, set[str]] = {
+    "Pod": {
+        "metadata.name",
+        "metadata.namespace",
+        "spec.nodeName",
+        "spec.hostNetwork",
+        "status.phase",
+    },
     "ResourceSlice": {"metadata.name", "spec.nodeName", "spec.driver", "spec.pool.name"},
     "ResourceClaim": {"metadata.name", "metadata.namespace"},
 }
@@ -151,9 +172,32 @@ class _Watcher:
     lines: list[bytes] = field(default_factory=list)
     dropped: bool = False
     fields: tuple[tuple[str, str, bool], ...] = ()  # (path, value, equal)
+    partial: bool = False  # metadata-only events
 
     def wants(self, key: Key, obj: dict[str, Any]) -> bool:
         return self.namespace in (None, key[0]) and _fields_match(obj, self.fields)
+
+    def event(
+        self, key: Key, action: str, old: dict[str, Any] | None, new: dict[str, Any]
+    ) -> bytes | None:
+        """The line this watcher sees for a change from ``old`` to ``new``:
+        with a field selector, leaving the selection is a DELETED and entering
+        it an ADDED."""
+        if self.namespace not in (None, key[0]):
+            return None
+        was = old is not None and _fields_match(old, self.fields)
+        now = _fields_match(new, self.fields)
+        if action == "DELETED":
+            action = "DELETED" if was else ""
+        elif was and not now:
+            action = "DELETED"
+        elif now and not was:
+            action = "ADDED"
+        elif not now:
+            action = ""
+        if not action:
+            return None
+        return _line(action, _partial(new) if self.partial else new)
 
 
 @dataclass
@@ -188,6 +232,12 @@ class FakeApiServer:
         # Called (outside the store lock) with each request before it is
         # served, to change the world at an exact point of a client's sequence.
         self.on_request: Callable[[Request], None] | None = None
+        # Serve metadata-only lists/watches when asked (a real server does);
+        # off: answer them with full objects, as a server without it would.
+        self.metadata_only = True
+        # One paged list's snapshot (kind, rv, namespace, fields) -> sorted keys
+        # and state, so 200 pages of a 100,000-pod list do not rebuild it each.
+        self._list_cache: dict[str, tuple[Any, list[Key], dict[Key, dict[str, Any]]]] = {}
         self._stopping = False
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._server.daemon_threads = True
@@ -246,6 +296,30 @@ class FakeApiServer:
 
     def delete(self, obj: dict[str, Any]) -> dict[str, Any]:
         return self._change("DELETED", obj)
+
+    def add_many(self, objs: list[dict[str, Any]]) -> int:
+        """Add many objects at once (a generated cluster), taking ownership of
+        the dicts rather than copying them; one version each, as ``add``
+        would. Watches are not told: load before anyone watches, then
+        ``compact``. Returns the last version."""
+        with self._cond:
+            for obj in objs:
+                t = TYPES[obj["kind"]]
+                meta = obj.setdefault("metadata", {})
+                if t.namespaced:
+                    meta.setdefault("namespace", "default")
+                key = (meta.get("namespace", "") if t.namespaced else "", meta["name"])
+                if key in self._objects[t.kind]:
+                    raise ValueError(f"{t.kind} {key} already exists")
+                meta.setdefault("uid", str(uuid.uuid4()))
+                meta["creationTimestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                self._rv += 1
+                meta["resourceVersion"] = str(self._rv)
+                entry = (self._rv, "ADDED", obj)
+                self._log[t.kind].append(entry)
+                _apply(self._objects[t.kind], entry)
+            self._cond.notify_all()
+            return self._rv
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         with self._cond:
@@ -370,8 +444,10 @@ class FakeApiServer:
             self._log[kind].append(entry)
             _apply(self._objects[kind], entry)
             for watcher in self._watchers:
-                if watcher.kind == kind and watcher.wants(key, stored) and not watcher.dropped:
-                    watcher.lines.append(_line(action, stored))
+                if watcher.kind == kind and not watcher.dropped:
+                    line = watcher.event(key, action, current, stored)
+                    if line is not None:
+                        watcher.lines.append(line)
             self._cond.notify_all()
             return copy.deepcopy(stored)
 
@@ -406,6 +482,35 @@ def _apply(state: dict[Key, dict[str, Any]], entry: tuple[int, str, dict[str, An
 
 def _line(action: str, obj: dict[str, Any]) -> bytes:
     return json.dumps({"type": action, "object": obj}).encode() + b"\n"
+
+
+_META_V1 = "meta.k8s.io/v1"
+
+
+def _partial(obj: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": "PartialObjectMetadata", "apiVersion": _META_V1, "metadata": obj["metadata"]}
+
+
+def _negotiate(accept: str | None, want: str, enabled: bool) -> bool | None:
+    """From an Accept header, whether to answer metadata-only (``want`` is
+    the ``as=`` this verb can serve); None: nothing acceptable (406)."""
+    if not accept:
+        return False
+    for media in accept.split(","):
+        kind, *raw_params = (p.strip() for p in media.split(";"))
+        params = dict(p.split("=", 1) for p in raw_params if "=" in p)
+        if kind not in ("application/json", "application/*", "*/*"):
+            continue
+        if "as" not in params:
+            return False
+        if (
+            enabled
+            and params["as"] == want
+            and params.get("g") == "meta.k8s.io"
+            and params.get("v") == "v1"
+        ):
+            return True
+    return None
 
 
 def _status(code: int, reason: str, message: str) -> dict[str, Any]:
@@ -633,6 +738,12 @@ def _make_handler(server: FakeApiServer) -> type[BaseHTTPRequestHandler]:
             fields = self._field_selector(kind, query)
             if fields is None:
                 return
+            partial = _negotiate(
+                self.headers.get("Accept"), "PartialObjectMetadataList", server.metadata_only
+            )
+            if partial is None:
+                self._error(406, "none of the requested media types is served")
+                return
             token = query.get("continue")
             with server._cond:
                 if token:
@@ -647,30 +758,43 @@ def _make_handler(server: FakeApiServer) -> type[BaseHTTPRequestHandler]:
                         return
                 else:
                     rv, offset = server._rv, 0
-                state = server._snapshot(kind, rv)
-            keys = sorted(
-                k for k in state if namespace in (None, k[0]) and _fields_match(state[k], fields)
-            )
+                ident = (rv, namespace, fields)
+                cached = server._list_cache.get(kind)
+                if cached is not None and cached[0] == ident:
+                    keys, state = cached[1], cached[2]
+                else:
+                    state = server._snapshot(kind, rv)
+                    keys = sorted(
+                        k
+                        for k in state
+                        if namespace in (None, k[0]) and _fields_match(state[k], fields)
+                    )
+                    server._list_cache[kind] = (ident, keys, state)
             limit = int(query.get("limit") or 0)
             page = keys[offset : offset + limit] if limit else keys[offset:]
-            items = []
+            # Stored objects are never changed in place (a change stores a new
+            # one), so the page is serialised from them without copying.
+            items: list[dict[str, Any]] = []
             for key in page:
-                item = copy.deepcopy(state[key])
-                if t.builtin:
-                    item.pop("kind", None)
-                    item.pop("apiVersion", None)
-                items.append(item)
+                if partial:
+                    items.append(_partial(state[key]))
+                elif t.builtin:
+                    items.append(
+                        {k: v for k, v in state[key].items() if k not in ("kind", "apiVersion")}
+                    )
+                else:
+                    items.append(state[key])
             meta: dict[str, Any] = {"resourceVersion": str(rv)}
             rest = len(keys) - offset - len(page)
             if limit and rest > 0:
                 next_token = {"rv": rv, "offset": offset + len(page)}
                 meta["continue"] = base64.b64encode(json.dumps(next_token).encode()).decode()
                 meta["remainingItemCount"] = rest
-            list_version = "v1" if t.builtin else t.api_version
+            list_version = _META_V1 if partial else "v1" if t.builtin else t.api_version
             self._send_json(
                 200,
                 {
-                    "kind": f"{kind}List",
+                    "kind": "PartialObjectMetadataList" if partial else f"{kind}List",
                     "apiVersion": list_version,
                     "metadata": meta,
                     "items": items,
@@ -683,16 +807,27 @@ def _make_handler(server: FakeApiServer) -> type[BaseHTTPRequestHandler]:
             fields = self._field_selector(kind, query)
             if fields is None:
                 return
+            partial = _negotiate(
+                self.headers.get("Accept"), "PartialObjectMetadata", server.metadata_only
+            )
+            if partial is None:
+                self._error(406, "none of the requested media types is served")
+                return
             watcher = _Watcher(
-                kind, namespace, query.get("allowWatchBookmarks") == "true", fields=fields
+                kind,
+                namespace,
+                query.get("allowWatchBookmarks") == "true",
+                fields=fields,
+                partial=partial,
             )
             gone = False
             with server._cond:
                 if raw_rv in ("", "0"):
                     # "Any version": start with the current state as ADDED events.
                     for key, obj in sorted(server._objects[kind].items()):
-                        if watcher.wants(key, obj):
-                            watcher.lines.append(_line("ADDED", obj))
+                        line = watcher.event(key, "ADDED", None, obj)
+                        if line is not None:
+                            watcher.lines.append(line)
                 else:
                     rv = int(raw_rv)
                     if rv < server._compacted:
@@ -705,10 +840,18 @@ def _make_handler(server: FakeApiServer) -> type[BaseHTTPRequestHandler]:
                             + b"\n"
                         )
                     else:
-                        for entry_rv, action, obj in server._log[kind]:
+                        # Replayed against the state at rv, so that an object
+                        # leaving a field selection replays as DELETED.
+                        state = server._snapshot(kind, rv)
+                        for entry in server._log[kind]:
+                            if entry[0] <= rv:
+                                continue
+                            _rv, action, obj = entry
                             key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
-                            if entry_rv > rv and watcher.wants(key, obj):
-                                watcher.lines.append(_line(action, obj))
+                            line = watcher.event(key, action, state.get(key), obj)
+                            if line is not None:
+                                watcher.lines.append(line)
+                            _apply(state, entry)
                 if not gone:
                     server._watchers.append(watcher)
                     server._watches_opened[kind] += 1
@@ -912,6 +1055,8 @@ def _field_value(obj: dict[str, Any], path: str) -> str:
     value: Any = obj
     for part in path.split("."):
         value = value.get(part) if isinstance(value, dict) else None
+    if path == "spec.hostNetwork":  # a bool the server always has a value for
+        return "true" if value is True else "false"
     return "" if value is None else str(value)
 
 
