@@ -196,15 +196,22 @@ def _peers(
 
 def _selected_pods(target: _Target, policy: MultiNetworkPolicy, peer: Peer) -> list[Pod]:
     state = target.state
+    ns_selector = peer.namespace_selector
+    # podSelector alone: the policy's own namespace (not all of them, as the
+    # iptables enforcer reads it).
+    only_ns = policy.namespace if ns_selector is None else None
+    candidates = state.peer_candidates(target.iface.network, only_ns, peer.pod_selector)
+    ns_match: dict[str, bool] = {}
     out: list[Pod] = []
-    for pod in state.pods_on(target.iface.network):
-        if peer.namespace_selector is None:
-            # podSelector alone: the policy's own namespace (not all of them,
-            # as the iptables enforcer reads it).
-            if pod.namespace != policy.namespace:
+    for pod in candidates:
+        if ns_selector is not None:
+            hit = ns_match.get(pod.namespace)
+            if hit is None:
+                hit = ns_match[pod.namespace] = ns_selector.matches(
+                    state.namespace_labels(pod.namespace)
+                )
+            if not hit:
                 continue
-        elif not peer.namespace_selector.matches(state.namespace_labels(pod.namespace)):
-            continue
         if peer.pod_selector is None or peer.pod_selector.matches(pod.labels):
             out.append(pod)
     return out

@@ -2,16 +2,19 @@
 interfaces in; get back the interfaces whose lowered tables changed, so the
 datapath reloads only those.
 
-Each event recomputes only the interfaces it can affect (a pod: interfaces on
-the networks it is or was on, and its own; a policy: interfaces of its
-namespace on the networks it names or named; a namespace: all, since its
-labels feed namespaceSelectors everywhere). Whether an interface *changed* is
+Each event recomputes only the interfaces it can affect (a pod: its own, and
+those on the networks it is or was on whose covering policies have a peer
+selector that selects its old or new version; a policy: interfaces of its
+namespace on the networks it names or named; a namespace: its own pods'
+interfaces and those whose policies' namespaceSelectors match its old or new
+labels; see reach.py). Whether an interface *changed* is
 decided by the digest of its lowered tables, so a relabel that moves no
 address or port reloads nothing.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -20,7 +23,17 @@ from typing import Any
 from ..errors import InvalidArgument
 from .compiler import compile_interface
 from .lower import LoweredInterface, lower_interface
-from .objects import KINDS, MultiNetworkPolicy, Namespace, Pod, PolicyObject, kind_of, parse_object
+from .objects import (
+    KINDS,
+    MultiNetworkPolicy,
+    Namespace,
+    Pod,
+    PolicyObject,
+    implicit_namespace_labels,
+    kind_of,
+    parse_object,
+)
+from .reach import covering, namespace_reaches, pod_reaches
 from .state import ClusterState
 from .tables import CompileOptions, InterfaceKey, InterfaceTables, PolicedInterface
 
@@ -73,6 +86,13 @@ class PolicyEngine:
         self.state = state or ClusterState()
         self._targets: dict[InterfaceKey, PolicedInterface] = {}
         self._compiled: dict[InterfaceKey, _Compiled] = {}
+        self._by_network: dict[str, set[InterfaceKey]] = {}
+        self._by_pod: dict[tuple[str, str], set[InterfaceKey]] = {}
+        # Per-object status, refreshed when that object (or a NAD a policy
+        # names) changes, never rebuilt for the whole cluster.
+        self._status: dict[tuple[str, str], ObjectStatus] = {}
+        for obj in self.state.objects():
+            self._refresh_status(kind_of(obj), obj.key)
 
     # -- inputs -----------------------------------------------------------
 
@@ -84,13 +104,16 @@ class PolicyEngine:
         if not isinstance(kind, str) or kind not in KINDS:
             raise InvalidArgument(f"unsupported object kind {kind!r}")
         if event.action is Action.DELETE:
-            old = self.state.remove(kind, _object_key(kind, event.obj))
+            key = _object_key(kind, event.obj)
+            old = self.state.remove(kind, key)
+            self._refresh_status(kind, key)
             return self._recompute(self._affected(old, None))
         try:
             new = parse_object(event.obj, kind)
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
         old = self.state.put(new)
+        self._refresh_status(kind, new.key)
         return self._recompute(self._affected(old, new))
 
     def apply_all(self, events: Iterable[Event]) -> set[InterfaceKey]:
@@ -112,6 +135,11 @@ class PolicyEngine:
             self._compiled.pop(key, None)
         stale = {k for k, t in new.items() if self._targets.get(k) != t}
         self._targets = new
+        self._by_network = {}
+        self._by_pod = {}
+        for k, t in new.items():
+            self._by_network.setdefault(t.network, set()).add(k)
+            self._by_pod.setdefault((t.namespace, t.pod), set()).add(k)
         return removed | self._recompute(stale)
 
     # -- outputs ----------------------------------------------------------
@@ -133,17 +161,35 @@ class PolicyEngine:
 
     def status(self) -> list[ObjectStatus]:
         """Validation status of every object, sorted by (kind, key)."""
-        out = [self._status_of(obj) for obj in self.state.objects()]
-        return sorted(out, key=lambda s: (s.kind, s.key))
+        return [self._status[k] for k in sorted(self._status)]
+
+    def status_page(
+        self, after: tuple[str, str] | None = None, limit: int = 500
+    ) -> list[ObjectStatus]:
+        """Up to ``limit`` statuses with (kind, key) after ``after``, sorted."""
+        if limit < 1:
+            raise InvalidArgument("limit must be at least 1")
+        keys = (k for k in self._status if after is None or k > after)
+        return [self._status[k] for k in heapq.nsmallest(limit, keys)]
 
     def policy_status(self, key: str) -> ObjectStatus | None:
         """One MultiNetworkPolicy's status (``ns/name``), or None when absent."""
-        policy = self.state.policies.get(key)
-        return self._status_of(policy) if policy is not None else None
+        return self._status.get(("MultiNetworkPolicy", key))
 
     def policies_naming(self, network: str) -> list[str]:
         """Keys of the policies whose policy-for names ``network`` (``ns/nad``)."""
-        return sorted(k for k, p in self.state.policies.items() if network in p.networks)
+        return self.state.policies_for_network(network)
+
+    def _refresh_status(self, kind: str, key: str) -> None:
+        obj = self.state.get(kind, key)
+        if obj is None:
+            self._status.pop((kind, key), None)
+        else:
+            self._status[(kind, key)] = self._status_of(obj)
+        if kind == "NetworkAttachmentDefinition":
+            # A NAD appearing or going makes policies naming it (in)effective.
+            for policy in self.state.policies_for_network(key):
+                self._refresh_status("MultiNetworkPolicy", policy)
 
     def _status_of(self, obj: PolicyObject) -> ObjectStatus:
         warnings: tuple[str, ...] = ()
@@ -167,22 +213,37 @@ class PolicyEngine:
     def _affected(self, old: PolicyObject | None, new: PolicyObject | None) -> set[InterfaceKey]:
         objs = [o for o in (old, new) if o is not None]
         keys: set[InterfaceKey] = set()
+        if not objs:
+            return keys
+        first = objs[0]
+        if isinstance(first, Namespace):
+            labels = [
+                o.labels if isinstance(o, Namespace) else implicit_namespace_labels(first.key)
+                for o in (old, new)
+            ]
+            return {
+                k
+                for k, t in self._targets.items()
+                if t.namespace == first.key
+                or namespace_reaches(covering(self.state, t.namespace, t.network), labels)
+            }
         for obj in objs:
-            if isinstance(obj, Namespace):
-                return set(self._targets)
             if isinstance(obj, Pod):
-                networks = obj.network_keys()
-                keys |= {
-                    k
-                    for k, t in self._targets.items()
-                    if t.network in networks or (t.namespace, t.pod) == (obj.namespace, obj.name)
-                }
+                keys |= self._by_pod.get((obj.namespace, obj.name), set())
+                for network in obj.network_keys():
+                    for k in self._by_network.get(network, ()):
+                        if k in keys:
+                            continue
+                        t = self._targets[k]
+                        if pod_reaches(self.state, covering(self.state, t.namespace, network), obj):
+                            keys.add(k)
             elif isinstance(obj, MultiNetworkPolicy):
-                keys |= {
-                    k
-                    for k, t in self._targets.items()
-                    if t.namespace == obj.namespace and t.network in obj.networks
-                }
+                for network in obj.networks:
+                    keys |= {
+                        k
+                        for k in self._by_network.get(network, ())
+                        if self._targets[k].namespace == obj.namespace
+                    }
             # NetworkAttachmentDefinitions feed status only: policies name
             # networks by key, and interfaces carry their network themselves.
         return keys

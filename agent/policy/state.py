@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 
+from .labelindex import LabelIndex, Term, intersect
 from .objects import (
     MultiNetworkPolicy,
     Namespace,
@@ -15,6 +16,7 @@ from .objects import (
     implicit_namespace_labels,
     kind_of,
 )
+from .selectors import LabelSelector
 
 
 class ClusterState:
@@ -33,6 +35,10 @@ class ClusterState:
         # pods_on() runs once per peer per rule per target: keep its sorted,
         # filtered answer until a pod on that network changes.
         self._peer_cache: dict[str, list[Pod]] = {}
+        # Selector lookups intersect these instead of scanning pods.
+        self._pods_by_ns: dict[str, set[str]] = defaultdict(set)
+        self.pod_labels = LabelIndex()
+        self._policies_by_network: dict[str, set[str]] = defaultdict(set)
         for obj in objects:
             self.put(obj)
 
@@ -54,6 +60,8 @@ class ClusterState:
             self.namespaces[obj.key] = obj
         elif isinstance(obj, Pod):
             self.pods[obj.key] = obj
+            self._pods_by_ns[obj.namespace].add(obj.key)
+            self.pod_labels.add(obj.key, obj.labels)
             for network in obj.network_keys():
                 self._pods_by_network[network].add(obj.key)
                 self._peer_cache.pop(network, None)
@@ -62,6 +70,8 @@ class ClusterState:
         else:
             self.policies[obj.key] = obj
             self._policies_by_ns[obj.namespace].add(obj.key)
+            for network in obj.networks:
+                self._policies_by_network[network].add(obj.key)
         return old
 
     def remove(self, kind: str, key: str) -> PolicyObject | None:
@@ -71,14 +81,18 @@ class ClusterState:
             del self.namespaces[key]
         elif isinstance(old, Pod):
             del self.pods[key]
+            _discard(self._pods_by_ns, old.namespace, key)
+            self.pod_labels.discard(key, old.labels)
             for network in old.network_keys():
-                self._pods_by_network[network].discard(key)
+                _discard(self._pods_by_network, network, key)
                 self._peer_cache.pop(network, None)
         elif isinstance(old, NetworkAttachmentDefinition):
             del self.nads[key]
         elif isinstance(old, MultiNetworkPolicy):
             del self.policies[key]
-            self._policies_by_ns[old.namespace].discard(key)
+            _discard(self._policies_by_ns, old.namespace, key)
+            for network in old.networks:
+                _discard(self._policies_by_network, network, key)
         return old
 
     def pods_on(self, network: str) -> list[Pod]:
@@ -89,6 +103,24 @@ class ClusterState:
             pods = (self.pods[k] for k in sorted(self._pods_by_network.get(network, ())))
             cached = self._peer_cache[network] = [p for p in pods if p.is_peer_candidate]
         return cached
+
+    def peer_candidates(
+        self, network: str, namespace: str | None, selector: LabelSelector | None
+    ) -> list[Pod]:
+        """Peer candidates on ``network`` (in ``namespace`` when given) that
+        ``selector`` may match, smallest index first; the caller applies the
+        exact selector. Sorted like ``pods_on``."""
+        terms: list[Term] = [(self._pods_by_network.get(network, _NONE),)]
+        if namespace is not None:
+            terms.append((self._pods_by_ns.get(namespace, _NONE),))
+        if selector is not None:
+            terms.extend(self.pod_labels.terms(selector))
+        keys = intersect(terms) or ()
+        pods = (self.pods[k] for k in sorted(keys))
+        return [p for p in pods if p.is_peer_candidate]
+
+    def policies_for_network(self, network: str) -> list[str]:
+        return sorted(self._policies_by_network.get(network, ()))
 
     def policies_in(self, namespace: str) -> list[MultiNetworkPolicy]:
         return [self.policies[k] for k in sorted(self._policies_by_ns.get(namespace, ()))]
@@ -103,3 +135,14 @@ class ClusterState:
         yield from self.pods.values()
         yield from self.nads.values()
         yield from self.policies.values()
+
+
+_NONE: frozenset[str] = frozenset()
+
+
+def _discard(index: dict[str, set[str]], key: str, ident: str) -> None:
+    bucket = index.get(key)
+    if bucket is not None:
+        bucket.discard(ident)
+        if not bucket:
+            del index[key]  # bounded memory under churn
