@@ -6,8 +6,11 @@ store and the CNI hooks), and the compiled tables the datapath loads. Local
 pods' network-status comes from our own attachments (we know their IPs before
 Multus writes the annotation); peers elsewhere from their annotations.
 
-One lock serializes engine and datapath work: events arrive from the source's
-thread and from CNI request threads.
+One lock serializes engine and datapath work: events arrive from the source
+(through ``policy_feed.PolicyFeed``'s worker, a small batch per hold of the
+lock) and from CNI request threads. A CNI call waiting for the lock goes
+before the feed's next batch, so a burst of events delays it by one batch at
+most.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +35,7 @@ from nicwarden.agent.policy import (
     PolicedInterface,
     PolicyEngine,
 )
+from nicwarden.agent.policy_feed import PolicyFeed
 from nicwarden.agent.store import Attachment, AttachmentKey, Store
 from nicwarden.bpf.layout import IfaceKey
 
@@ -140,6 +145,11 @@ class PolicyEnforcer:
         self._logged: dict[str, set[str]] = {}  # policy key -> problems logged
         self.engine = PolicyEngine(options)
         self._lock = threading.RLock()
+        # CNI calls waiting for (or holding) the lock: the feed's worker lets
+        # them go first. Python's locks are not fair, and a worker that takes
+        # the lock again straight after releasing it would starve them.
+        self._turn = threading.Condition(threading.Lock())
+        self._cni_waiting = 0
         self._locals: dict[InterfaceKey, _Local] = {}
         self._pods: dict[tuple[str, str], dict[str, Any]] = {}  # as the source gave them
         self._nads: dict[tuple[str, str], str] = {}  # (ns, name) -> config name
@@ -166,7 +176,10 @@ class PolicyEnforcer:
         if self.source is None:
             self._prime()
             return
-        self.source.start(self.on_event)
+        if isinstance(self.source, PolicyFeed):
+            self.source.start_batched(self.on_events)
+        else:
+            self.source.start(self.on_event)
         self._waiter = threading.Thread(target=self._wait_synced, name="policy-prime", daemon=True)
         self._waiter.start()
 
@@ -218,14 +231,37 @@ class PolicyEnforcer:
                 self._report(event)
                 self._log_problems(_object_ident(event.obj))
 
-    def on_attach(self, att: Attachment) -> None:
+    def on_events(self, events: Sequence[Event]) -> None:
+        """A batch from the policy feed, under one hold of the lock, after
+        any CNI call that is waiting for it."""
+        with self._turn:
+            while self._cni_waiting:
+                self._turn.wait()
         with self._lock:
+            for event in events:
+                self.on_event(event)
+
+    @contextmanager
+    def _cni_turn(self) -> Iterator[None]:
+        with self._turn:
+            self._cni_waiting += 1
+        try:
+            with self._lock:
+                yield
+        finally:
+            with self._turn:
+                self._cni_waiting -= 1
+                if not self._cni_waiting:
+                    self._turn.notify_all()
+
+    def on_attach(self, att: Attachment) -> None:
+        with self._cni_turn():
             self._remember(att)
             self._refresh_pod(att.pod_namespace, att.pod_name)
             self._retarget()
 
     def on_detach(self, att: Attachment) -> None:
-        with self._lock:
+        with self._cni_turn():
             key = self._key_of(att)
             local = self._locals.pop(key, None)
             if local is not None and local.iface is not None and self.datapath is not None:

@@ -141,6 +141,39 @@ DROP_EVENTS_LOST = MetricSpec(
     "Dropped-flow records an observe stream lost because its client read too slowly.",
     (),
 )
+SOURCE_LAG = MetricSpec(
+    "nicwarden_source_lag_seconds",
+    "gauge",
+    "Age of the oldest object event (Namespace, Pod, NAD, MultiNetworkPolicy) the policy"
+    " enforcer has not applied yet; 0 when none is queued.",
+)
+SOURCE_QUEUED = MetricSpec(
+    "nicwarden_source_events_queued",
+    "gauge",
+    "Objects with an event waiting for the policy enforcer (events for one object are"
+    " coalesced into one). At the queue's bound the object source waits for room.",
+)
+SOURCE_APPLIED = MetricSpec(
+    "nicwarden_source_events_applied_total",
+    "counter",
+    "Object events the policy enforcer applied.",
+)
+SOURCE_COALESCED = MetricSpec(
+    "nicwarden_source_events_coalesced_total",
+    "counter",
+    "Object events merged into an event already queued for the same object (a later state"
+    " replaces an earlier one; an ADD then DELETE cancels out).",
+)
+SOURCE_BLOCKED = MetricSpec(
+    "nicwarden_source_blocked_seconds_total",
+    "counter",
+    "Time the object source spent waiting for room in the full event queue (backpressure).",
+)
+SOURCE_SYNCED = MetricSpec(
+    "nicwarden_source_synced",
+    "gauge",
+    "1 once the object source's initial state has been applied by the policy enforcer.",
+)
 SCRAPE_SUCCESS = MetricSpec(
     "nicwarden_scrape_collector_success",
     "gauge",
@@ -168,5 +201,11 @@ ALL: tuple[MetricSpec, ...] = (
     POLICY_APPLIED,
     DROP_EVENTS,
     DROP_EVENTS_LOST,
+    SOURCE_LAG,
+    SOURCE_QUEUED,
+    SOURCE_APPLIED,
+    SOURCE_COALESCED,
+    SOURCE_BLOCKED,
+    SOURCE_SYNCED,
     SCRAPE_SUCCESS,
 )

@@ -29,6 +29,7 @@ from nicwarden.bpf.layout import EventStat
 if TYPE_CHECKING:
     from nicwarden.agent.drop_events import DropEventHub
     from nicwarden.agent.enforcement import PolicyEnforcer
+    from nicwarden.agent.policy_feed import FeedStats
     from nicwarden.deviceplugin.manager import PoolStatus
 
 log = logging.getLogger(__name__)
@@ -280,3 +281,31 @@ class DropEventsCollector:
             lost.add_metric([], float(hub.subscriber_drops))
             yield lost
         yield success("drop_events", ok)
+
+
+class SourceFeedCollector:
+    """The policy feed's backlog: how far enforcement is behind the cluster."""
+
+    def __init__(self, stats: Callable[[], FeedStats | None]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        st = self._stats()
+        if st is None:
+            return
+        for spec, value in (
+            (C.SOURCE_LAG, st.lag_s),
+            (C.SOURCE_QUEUED, float(st.queued)),
+            (C.SOURCE_SYNCED, 1.0 if st.synced else 0.0),
+        ):
+            gauge = GaugeMetricFamily(spec.name, spec.help)
+            gauge.add_metric([], value)
+            yield gauge
+        for spec, value in (
+            (C.SOURCE_APPLIED, float(st.applied)),
+            (C.SOURCE_COALESCED, float(st.coalesced)),
+            (C.SOURCE_BLOCKED, st.blocked_s),
+        ):
+            counter = CounterMetricFamily(spec.name, spec.help)
+            counter.add_metric([], value)
+            yield counter

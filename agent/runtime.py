@@ -79,6 +79,8 @@ class AgentRuntime:
         self.cni_server: CniHttpServer | None = None
         self.deviceplugin: DevicePluginManager | None = None
         self.enforcer: PolicyEnforcer | None = None
+        self.policy_feed: Any = None  # policy_feed.PolicyFeed when an object source is configured
+        self.cni_priority: Any = None  # policy_feed.Priority, held by CNI requests
         self.datapath: Any = None
         self.drop_events: DropEventHub | None = None
         self.devices: DeviceCtx | None = None
@@ -224,6 +226,7 @@ class AgentRuntime:
             PodDeviceCollector,
             PolicyCollector,
             PoolCollector,
+            SourceFeedCollector,
             VfStatsCollector,
         )
 
@@ -240,6 +243,9 @@ class AgentRuntime:
             PoolCollector(lambda: self.deviceplugin, store.allocations),
             PolicyCollector(lambda: self.enforcer),
             DropEventsCollector(lambda: (self.datapath, self.drop_events)),
+            SourceFeedCollector(
+                lambda: self.policy_feed.stats() if self.policy_feed is not None else None
+            ),
         ):
             self.metrics.add_collector(collector)
 
@@ -252,9 +258,17 @@ class AgentRuntime:
     def _start_cni(self) -> None:
         attach = self.attach
         assert attach is not None
+        priority = self.cni_priority
+
+        def handle(env: dict[str, str], stdin: str) -> tuple[int, bytes]:
+            if priority is None:
+                return handle_invocation(env, stdin, attach)
+            with priority.running():
+                return handle_invocation(env, stdin, attach)
+
         self.cni_server = CniHttpServer(
             self.config.cni_socket,
-            self.metrics.timed_cni(lambda env, stdin: handle_invocation(env, stdin, attach)),
+            self.metrics.timed_cni(handle),
             ready=self.inventory.ready.is_set,
         )
         self.cni_server.start()
@@ -432,6 +446,13 @@ class AgentRuntime:
                 self.events = EventRecorder(api, self.node_name)
                 self._stops.append(self.events.close)
                 self.attach.ctx.on_error.append(self._attach_failed)
+        if source is not None:
+            from nicwarden.agent.policy_feed import PolicyFeed, Priority
+
+            # The source's threads only enqueue, and the feed stands aside
+            # while CNI requests run: ADD/DEL never wait for a burst.
+            self.cni_priority = Priority()
+            source = self.policy_feed = PolicyFeed(source, priority=self.cni_priority)
         self.enforcer = PolicyEnforcer(
             self.store,
             self.datapath,
@@ -546,8 +567,33 @@ class AgentRuntime:
             ("store", self.store is not None, str(self.config.state_dir)),
             self._vf_health(),
             ("policy", policy_ok, policy_detail),
+            self._source_health(),
         ]
         return out
+
+    def _source_health(self) -> tuple[str, bool, str]:
+        """Not ready until the object source's initial state is enforced:
+        before that, pods here are enforced by what a previous agent left
+        pinned, or not at all. A later relist keeps it ready; its backlog
+        shows in the detail and in nicwarden_source_lag_seconds."""
+        name = "policy-source"
+        if self.enforcer is None:
+            return (name, False, "not started")
+        feed = self.policy_feed
+        if feed is None:
+            return (name, True, "no object source configured")
+        feed.synced()  # latches the initial sync if the source just finished it
+        st = feed.stats()
+        backlog = f"{st.queued} events queued, lag {st.lag_s:.1f} s"
+        problems = "".join(f"; {p}" for p in feed.problems()[:3])
+        if not st.synced:
+            return (name, False, f"syncing: {backlog}{problems}")
+        last = (
+            f"last event {time.time() - st.last_applied_at:.0f} s ago"
+            if st.last_applied_at is not None
+            else "no event yet"
+        )
+        return (name, True, f"synced, {last}, {backlog}{problems}")
 
     def _vf_health(self) -> tuple[str, bool, str]:
         if self.audit is None:
