@@ -1,0 +1,623 @@
+#!/usr/bin/env python3
+"""Cluster scale (issue 14): the agent following a generated cluster.
+
+Prints numbers next to the issue's targets; asserts nothing. Run as root:
+    .venv/bin/python tests/bench/bench_scale.py [--pods 10000] [--local-pods 200]
+
+The cluster (tests/support/cluster_gen.py) is served by the in-repo API
+server in its own process, so its JSON work never shares a GIL with the
+measurements. The agent runs as deployed (nicwarden-agent, cluster mode, a
+4x64 simulated node); its CPU comes from /proc/PID/stat, its RSS from
+/proc/PID/status, and "in the kernel" means an LPM lookup in the pinned
+peers map of the interface's active generation, done by this process.
+Every wait has a deadline; on timeout the row says so and the run goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tests.support import cluster_gen as cg  # noqa: E402
+from tests.support.agent_proc import (  # noqa: E402
+    SHIM,
+    Running,
+    cleanup_node,
+    kill_agent,
+    start_agent,
+    stop_agent,
+)
+from tests.support.cni_runtime import invoke, netns_path  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+rows: list[tuple[str, str, str]] = []
+
+
+class Timeout(Exception):
+    pass
+
+
+def row(what: str, value: str, target: str) -> None:
+    rows.append((what, value, target))
+    print(f"  {what:48s} {value:>22s}   target {target}", flush=True)
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def wait(check: Callable[[], bool], timeout: float, what: str, step: float = 0.001) -> float:
+    start = time.perf_counter()
+    while not check():
+        if time.perf_counter() - start > timeout:
+            raise Timeout(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(step)
+    return time.perf_counter() - start
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def settle(pid: int, quiet: float = 1.0, timeout: float = 300) -> float:
+    """Wait until the agent's CPU time stops growing (``quiet`` s without a
+    tick beyond idle noise); returns its CPU time then."""
+    deadline = time.monotonic() + timeout
+    last, since = cpu_s(pid), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = cpu_s(pid)
+        if now - last > 0.02:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return now
+    raise Timeout("the agent kept busy")
+
+
+# -- the API server, in its own process -------------------------------------------
+
+
+def serve(spec: cg.ClusterSpec, kubeconfig: Path) -> None:
+    """Load the cluster, then obey JSON commands on stdin, one per line."""
+    from tests.support.k8s_apiserver import FakeApiServer
+
+    with FakeApiServer() as server:
+        started = time.monotonic()
+        count = cg.load(server, spec)
+        server.write_kubeconfig(kubeconfig)
+        print(json.dumps({"objects": count, "load_s": time.monotonic() - started}), flush=True)
+        for line in sys.stdin:
+            cmd = json.loads(line)
+            op = cmd["op"]
+            if op in ("add", "update", "delete"):
+                out: Any = getattr(server, op)(cmd["obj"])["metadata"]["resourceVersion"]
+            elif op == "get":
+                out = server.get(cmd["kind"], cmd["namespace"], cmd["name"])
+            elif op == "relist":
+                # Pods no watch hears of, history forgotten, watches cut: the
+                # agent's resumed pod watch gets 410 Gone and relists.
+                server.add_many([cg.pod(spec, i, prefix="late") for i in range(cmd["pods"])])
+                server.compact()
+                out = server.drop_watches()
+            else:
+                out = f"unknown op {op}"
+            print(json.dumps({"ok": out}), flush=True)
+
+
+class Api:
+    def __init__(self, spec: cg.ClusterSpec, tmp: Path) -> None:
+        self.kubeconfig = tmp / "kubeconfig"
+        args = [sys.executable, __file__, "--serve", "--kubeconfig", str(self.kubeconfig)]
+        args += ["--pods", str(spec.pods), "--local-pods", str(spec.local_pods)]
+        args += ["--nads", str(spec.nads), "--policies", str(spec.policies)]
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        first = self.proc.stdout.readline()  # type: ignore[union-attr]
+        if not first:
+            raise SystemExit("the API server process died while loading")
+        self.info = json.loads(first)
+
+    def call(self, op: str, **kw: Any) -> Any:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"op": op, **kw}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit("the API server process died")
+        return json.loads(line)["ok"]
+
+    def close(self) -> None:
+        with suppress(Exception):
+            self.proc.terminate()
+            self.proc.wait(10)
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+
+# -- the kernel, read directly ----------------------------------------------------
+
+
+class Kernel:
+    """The agent's pinned maps, opened by this process."""
+
+    def __init__(self, prefix: str) -> None:
+        from nicwarden.agent.host.bpf_pins import open_maps
+
+        self.maps = open_maps(Path("/sys/fs/bpf/nicwarden") / f"sim-{prefix}", os.cpu_count() or 1)
+
+    def ifaces_with(self, ip: str, direction: int = 0) -> set[int]:
+        """Interfaces whose active generation in ``direction`` matches ``ip``."""
+        from nicwarden.bpf import layout as L
+
+        addr = ipaddress.ip_address(ip)
+        out = set()
+        for ck in list(self.maps.cfg.iter_keys()):
+            if ck.dir != direction:
+                continue
+            cv = self.maps.cfg.lookup(ck)
+            if cv is None or not cv.isolated:
+                continue
+            key = L.peer_key(ck.iface, L.Direction(direction), cv.gen, (4, addr.packed, 32))
+            if self.maps.peers.lookup(key) is not None:
+                out.add(ck.iface)
+        return out
+
+    def close(self) -> None:
+        self.maps.close()
+
+
+# -- pods on the node -----------------------------------------------------------
+
+
+def sh(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+class Node:
+    def __init__(self, agent: Running, tmp: Path) -> None:
+        self.agent, self.tmp = agent, tmp
+        self.netns: list[str] = []
+        devs = agent.ctl_json("devices", "--role", "vf")["devices"]
+        self.vfs = sorted(d["pci_address"] for d in devs)  # type: ignore[union-attr,index]
+        self.attached: list[tuple[dict[str, Any], dict[str, str]]] = []
+
+    def new_netns(self, name: str) -> str:
+        sh("ip", "netns", "add", name)
+        self.netns.append(name)
+        return name
+
+    def conf(self, network: str, device: str) -> dict[str, Any]:
+        return {
+            "cniVersion": "1.0.0",
+            "name": network,
+            "type": "nicwarden",
+            "agentSocket": str(self.agent.cni_sock),
+            "deviceID": device,
+            "ipam": {
+                "type": "host-local",
+                "subnet": cg.LOCAL_SUBNET,
+                "dataDir": str(self.tmp / "ipam"),
+            },
+        }
+
+    def add(self, lp: cg.LocalPod, device: str, ns: str) -> None:
+        conf = self.conf(lp.network, device)
+        kw = dict(container=f"c-{lp.name}", netns=netns_path(ns), ifname="net1")
+        kw.update(pod=lp.name, namespace=lp.namespace)
+        out = invoke(SHIM, "ADD", conf, **kw)
+        if out.code:
+            raise SystemExit(f"ADD {lp.name}: {out.stdout} {out.stderr}")
+        self.attached.append((conf, kw))
+
+    def cycle(self, device: str, ns: str, n: int) -> float:
+        conf = self.conf("net-0", device)
+        kw = dict(container=f"cycle-{n}", netns=netns_path(ns), ifname="net1")
+        kw.update(pod=f"cycle-{n}", namespace=cg.ns_name(0))
+        started = time.perf_counter()
+        for command in ("ADD", "DEL"):
+            out = invoke(SHIM, command, conf, **kw)
+            if out.code:
+                raise SystemExit(f"{command} cycle-{n}: {out.stdout} {out.stderr}")
+        return time.perf_counter() - started
+
+    def cleanup(self) -> None:
+        for conf, kw in reversed(self.attached):
+            with suppress(Exception):
+                invoke(SHIM, "DEL", conf, **kw)
+        for ns in self.netns:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+# -- measurements -----------------------------------------------------------------
+
+
+def config(tmp: Path, kubeconfig: Path | None) -> Path:
+    cfg: dict[str, Any] = {
+        "kubeletDir": str(tmp / "kubelet"),
+        "deviceInfoDir": str(tmp / "devinfo"),
+    }
+    if kubeconfig is not None:
+        cfg["kubernetes"] = {"watch": True, "kubeconfig": str(kubeconfig), "events": True}
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@contextmanager
+def agent_on(tmp: Path, kubeconfig: Path | None, node: str) -> Iterator[Running]:
+    env = dict(os.environ, NODE_NAME=node)
+    agent = start_agent(
+        tmp,
+        "--config",
+        str(config(tmp, kubeconfig)),
+        "--log-level",
+        "warning",
+        spec="4x64",
+        env=env,
+        timeout=300,
+    )
+    try:
+        yield agent
+    finally:
+        try:
+            stop_agent(agent, timeout=60)
+        except Exception:
+            kill_agent(agent)
+        cleanup_node(agent.prefix)
+
+
+def idle_rss(tmp: Path) -> None:
+    (tmp / "idle").mkdir()
+    with agent_on(tmp / "idle", None, "idle-node") as agent:
+        settle(agent.proc.pid, quiet=2.0, timeout=60)
+        row("idle agent RSS, 4x64 node, no cluster", f"{rss_mb(agent.proc.pid):.0f} MB", "< 120 MB")
+
+
+def policy_synced(agent: Running) -> bool:
+    r = agent.ctl("health")
+    return r.returncode == 0 and any(
+        line.startswith("policy-source") and "synced" in line for line in r.stdout.splitlines()
+    )
+
+
+def metric(agent: Running, name: str) -> float | None:
+    url = f"http://127.0.0.1:{agent.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def measure(args: argparse.Namespace, tmp: Path) -> None:
+    spec = cg.ClusterSpec(
+        pods=args.pods, nads=args.nads, policies=args.policies, local_pods=args.local_pods
+    )
+    print(f"\nidle agent ({time.strftime('%H:%M:%S')})", flush=True)
+    idle_rss(tmp)
+
+    started = time.monotonic()
+    api = Api(spec, tmp)
+    print(
+        f"\ncluster: {spec.pods} pods in {spec.namespaces} namespaces, {spec.nads} NADs,"
+        f" {spec.policies} MNPs, {spec.local_pods} local pods; {api.info['objects']} objects"
+        f" loaded in {time.monotonic() - started:.1f} s",
+        flush=True,
+    )
+    try:
+        run_cluster(args, tmp, spec, api)
+    finally:
+        api.close()
+
+
+def run_cluster(args: argparse.Namespace, tmp: Path, spec: cg.ClusterSpec, api: Api) -> None:
+    (tmp / "cluster").mkdir()
+    t0 = time.monotonic()
+    with agent_on(tmp / "cluster", api.kubeconfig, spec.local_node) as agent:
+        pid = agent.proc.pid
+        node = Node(agent, tmp / "cluster")
+        kernel: Kernel | None = None
+        try:
+            wait(lambda: policy_synced(agent), args.timeout, "policy source synced", 0.1)
+            sync = time.monotonic() - t0  # from agent start, not from the first poll
+            row("initial sync, agent start to source synced", f"{sync:.1f} s", "< 20 s")
+            settle(pid, timeout=args.timeout)
+            row("agent RSS after initial sync", f"{rss_mb(pid):.0f} MB", "< 300 MB")
+
+            # Local pods get real attachments; then their tables must appear.
+            locals_ = cg.local_pods(spec)[: len(node.vfs) - 2]
+            t1 = time.monotonic()
+            for j, lp in enumerate(locals_):
+                node.add(lp, node.vfs[j], node.new_netns(f"nwsc{j}"))
+            added = time.monotonic() - t1
+            kernel = Kernel(agent.prefix)
+
+            def isolated_in_kernel() -> int:
+                maps = kernel.maps  # type: ignore[union-attr]
+                return len(
+                    {
+                        ck.iface
+                        for ck in list(maps.cfg.iter_keys())
+                        if (cv := maps.cfg.lookup(ck)) is not None and cv.isolated
+                    }
+                )
+
+            def tables_in_kernel() -> bool:
+                # Every local interface is known to the agent, and every one
+                # a policy isolates has an isolated table in the kernel.
+                r = agent.ctl("-o", "json", "policies")
+                if r.returncode != 0:
+                    return False
+                rows = json.loads(r.stdout).get("interfaces", [])
+                want = sum(1 for i in rows if i.get("ingress_isolated") or i.get("egress_isolated"))
+                state.update(want=want, listed=len(rows), kernel=isolated_in_kernel())
+                return state["listed"] >= len(locals_) and state["kernel"] >= want
+
+            state = {"want": 0, "listed": 0, "kernel": 0}
+            try:
+                wait(tables_in_kernel, args.timeout, "local tables in the kernel", 0.2)
+                took = f"{time.monotonic() - t1:.1f} s"
+            except Timeout as e:
+                took = f"TIMEOUT {e}"
+            row(
+                f"{len(locals_)} local ADDs until tables in kernel",
+                f"{took} ({state['listed']} listed, {state['want']} isolated,"
+                f" {state['kernel']} in kernel)",
+                f"(ADDs alone {added:.1f} s)",
+            )
+            row("agent RSS with local pods", f"{rss_mb(pid):.0f} MB", "< 300 MB")
+            settle(pid, timeout=args.timeout)
+
+            for name, fn in (
+                ("mnp", mnp_updates),
+                ("irrelevant", irrelevant_events),
+                ("peer", peer_changes),
+                ("cidr", big_policy),
+            ):
+                try:
+                    fn(args, spec, api, agent, kernel)
+                except Timeout as e:
+                    row(name, f"TIMEOUT: {e}", "")
+                settle(pid, timeout=args.timeout)
+
+            try:
+                cni_during_relist(args, spec, api, agent, node)
+            except Timeout as e:
+                row("CNI during relist", f"TIMEOUT: {e}", "")
+        finally:
+            if kernel is not None:
+                kernel.close()
+            node.cleanup()
+
+
+def mnp_updates(
+    args: argparse.Namespace, spec: cg.ClusterSpec, api: Api, agent: Running, kernel: Kernel
+) -> None:
+    pid, k = agent.proc.pid, args.updates
+    base = settle(pid)
+    t = time.monotonic()
+    for n in range(k):
+        obj = cg.policy(spec, n % spec.policies)
+        obj["metadata"]["labels"] = {"bench-rev": str(n)}
+        obj["spec"]["podSelector"] = {"matchLabels": {"app": f"app-{n % cg.APPS}"}}
+        api.call("update", obj=obj)
+    used = settle(pid) - base
+    row(
+        f"CPU per MNP update ({k} updates)",
+        f"{used / k * 1000:.1f} ms",
+        f"< 5 ms (wall {time.monotonic() - t:.1f} s)",
+    )
+
+
+def irrelevant_events(
+    args: argparse.Namespace, spec: cg.ClusterSpec, api: Api, agent: Running, kernel: Kernel
+) -> None:
+    """Pods on the cluster network only, an annotation nobody reads changed."""
+    pid, k = agent.proc.pid, args.updates * 10
+    no_nad = [i for i in range(spec.pods) if not spec.nads_in(i % spec.namespaces)]
+    pick = no_nad or list(range(spec.pods))
+    base = settle(pid)
+    for n in range(k):
+        obj = cg.pod(spec, pick[n % len(pick)])
+        obj["metadata"]["annotations"]["bench/touched"] = str(n)
+        api.call("update", obj=obj)
+    used = settle(pid) - base
+    kind = "cluster-network-only" if no_nad else "secondary-network"
+    row(
+        f"irrelevant pod event, CPU mean ({k} {kind})",
+        f"{used / k * 1000:.2f} ms",
+        "p99 < 1 ms (mean shown)",
+    )
+
+
+def _bench_policy(lp: cg.LocalPod, name: str, peers: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "k8s.cni.cncf.io/v1beta1",
+        "kind": "MultiNetworkPolicy",
+        "metadata": {
+            "name": name,
+            "namespace": lp.namespace,
+            "annotations": {cg.POLICY_FOR: lp.network},
+        },
+        "spec": {
+            "podSelector": {"matchLabels": lp.labels},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": peers}],
+        },
+    }
+
+
+def peer_changes(
+    args: argparse.Namespace, spec: cg.ClusterSpec, api: Api, agent: Running, kernel: Kernel
+) -> None:
+    lp = cg.local_pods(spec)[0]
+    api.call(
+        "add",
+        obj=_bench_policy(
+            lp, "bench-peers", [{"podSelector": {"matchLabels": {"bench-peer": "yes"}}}]
+        ),
+    )
+    free = ipaddress.ip_network(cg.FREE_PEER_SUBNET)
+    adds, dels = [], []
+    for n in range(args.samples):
+        ip = str(free[n + 1])
+        labels = {"bench-peer": "yes", "app": "peer"}
+        obj = cg.pod(spec, n, name=f"bench-peer-{n}", labels=labels, ip=ip)
+        obj["metadata"]["namespace"] = lp.namespace
+        status = json.loads(obj["metadata"]["annotations"][cg.NET_STATUS])
+        status[-1]["name"] = f"{lp.namespace}/{lp.network}"
+        obj["metadata"]["annotations"][cg.NET_STATUS] = json.dumps(status)
+        t = time.perf_counter()
+        api.call("add", obj=obj)
+        wait(lambda ip=ip: bool(kernel.ifaces_with(ip)), 30, f"peer {ip} in the kernel")
+        adds.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        api.call("delete", obj=obj)
+        wait(lambda ip=ip: not kernel.ifaces_with(ip), 30, f"peer {ip} out of the kernel")
+        dels.append(time.perf_counter() - t)
+    row(
+        f"relevant peer add, event to kernel ({len(adds)})",
+        f"p50 {pct(adds, 50) * 1e3:.0f} / p99 {pct(adds, 99) * 1e3:.0f} ms",
+        "p99 < 50 ms",
+    )
+    row(
+        "relevant peer delete, event to kernel",
+        f"p50 {pct(dels, 50) * 1e3:.0f} / p99 {pct(dels, 99) * 1e3:.0f} ms",
+        "p99 < 50 ms",
+    )
+    api.call("delete", obj=_bench_policy(lp, "bench-peers", []))
+
+
+def big_policy(
+    args: argparse.Namespace, spec: cg.ClusterSpec, api: Api, agent: Running, kernel: Kernel
+) -> None:
+    lp = cg.local_pods(spec)[1 % max(1, spec.local_pods)]
+    base = int(ipaddress.ip_address("100.64.0.0"))
+    cidrs = [str(ipaddress.ip_address(base + 2 * n)) for n in range(args.cidrs)]
+    peers = [{"ipBlock": {"cidr": f"{c}/32"}} for c in cidrs]
+    obj = _bench_policy(lp, "bench-cidrs", peers)
+    t = time.perf_counter()
+    api.call("add", obj=obj)
+    wait(
+        lambda: bool(kernel.ifaces_with(cidrs[-1])) and bool(kernel.ifaces_with(cidrs[0])),
+        args.timeout,
+        "the 10,000-CIDR policy in the kernel",
+    )
+    row(
+        f"{args.cidrs}-CIDR policy, manifest to kernel",
+        f"{time.perf_counter() - t:.2f} s",
+        "< 0.3 s",
+    )
+    times = []
+    for n in range(args.samples):
+        new = str(ipaddress.ip_address(base + 2 * (args.cidrs + n)))
+        old = cidrs[n]
+        peers[n] = {"ipBlock": {"cidr": f"{new}/32"}}
+        t = time.perf_counter()
+        api.call("update", obj=_bench_policy(lp, "bench-cidrs", peers))
+        wait(
+            lambda new=new, old=old: bool(kernel.ifaces_with(new)) and not kernel.ifaces_with(old),
+            30,
+            "the one-peer change in the kernel",
+        )
+        times.append(time.perf_counter() - t)
+    row(
+        f"one-peer change in a {args.cidrs}-CIDR policy ({len(times)})",
+        f"p50 {pct(times, 50) * 1e3:.0f} / p99 {pct(times, 99) * 1e3:.0f} ms",
+        "< 20 ms",
+    )
+    api.call("delete", obj=obj)
+
+
+def cni_during_relist(
+    args: argparse.Namespace, spec: cg.ClusterSpec, api: Api, agent: Running, node: Node
+) -> None:
+    ns = node.new_netns("nwsccyc")
+    device = node.vfs[-1]
+    idle = [node.cycle(device, ns, n) for n in range(args.samples)]
+    applied = metric(agent, "nicwarden_source_events_applied_total")
+    started = time.monotonic()
+    api.call("relist", pods=spec.pods)
+    during: list[float] = []
+    n = len(idle)
+    target = None if applied is None else applied + spec.pods
+    while True:
+        during.append(node.cycle(device, ns, n))
+        n += 1
+        if time.monotonic() - started > args.timeout:
+            raise Timeout("the relist was not applied in time")
+        if target is not None:
+            now = metric(agent, "nicwarden_source_events_applied_total")
+            if now is not None and now >= target:
+                break
+        elif time.monotonic() - started > 30:
+            break  # no applied-events metric: cycle for 30 s
+    took = time.monotonic() - started
+    ratio = pct(during, 99) / pct(idle, 99)
+    row(
+        f"CNI ADD+DEL p99 idle / during {spec.pods}-pod relist",
+        f"{pct(idle, 99) * 1e3:.0f} / {pct(during, 99) * 1e3:.0f} ms",
+        f"ratio {ratio:.2f} <= 1.5 (relist {took:.1f} s, n={len(during)})",
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pods", type=int, default=10_000)
+    ap.add_argument("--nads", type=int, default=1_000)
+    ap.add_argument("--policies", type=int, default=2_000)
+    ap.add_argument("--local-pods", type=int, default=200)
+    ap.add_argument("--updates", type=int, default=20, help="MNP updates (x10 pod events)")
+    ap.add_argument("--samples", type=int, default=30)
+    ap.add_argument("--cidrs", type=int, default=10_000)
+    ap.add_argument("--timeout", type=float, default=300, help="seconds per wait")
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--kubeconfig", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    spec = cg.ClusterSpec(
+        pods=args.pods, nads=args.nads, policies=args.policies, local_pods=args.local_pods
+    )
+    if args.serve:
+        serve(spec, args.kubeconfig)
+        return
+    if os.geteuid() != 0:
+        raise SystemExit("run as root: the agent needs a simulated node and bpffs")
+    # SIGTERM cleans up like Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with tempfile.TemporaryDirectory(prefix="nicwarden-scale-") as tmp:
+        try:
+            measure(args, Path(tmp))
+        except KeyboardInterrupt:
+            print("\ninterrupted; cleaned up", file=sys.stderr)
+    print("\nsummary")
+    for what, value, target in rows:
+        print(f"  {what:48s} {value:>22s}   target {target}")
+
+
+if __name__ == "__main__":
+    main()
