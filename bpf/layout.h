@@ -83,14 +83,14 @@ struct nw_cfg_val {
     __u32 gen;
     __u8 isolated;
     __u8 flags;
-    __u8 pad[2];
+    __u16 epoch;
 };
 _Static_assert(sizeof(struct nw_cfg_val) == 16, "nw_cfg_val size");
 _Static_assert(__builtin_offsetof(struct nw_cfg_val, any_proto_mask) == 0, "nw_cfg_val.any_proto_mask offset");
 _Static_assert(__builtin_offsetof(struct nw_cfg_val, gen) == 8, "nw_cfg_val.gen offset");
 _Static_assert(__builtin_offsetof(struct nw_cfg_val, isolated) == 12, "nw_cfg_val.isolated offset");
 _Static_assert(__builtin_offsetof(struct nw_cfg_val, flags) == 13, "nw_cfg_val.flags offset");
-_Static_assert(__builtin_offsetof(struct nw_cfg_val, pad) == 14, "nw_cfg_val.pad offset");
+_Static_assert(__builtin_offsetof(struct nw_cfg_val, epoch) == 14, "nw_cfg_val.epoch offset");
 
 struct nw_flow_key {
     __u32 iface;
@@ -117,14 +117,14 @@ struct nw_flow_val {
     __u32 admit_gen;
     __u8 admit_dir;
     __u8 flags;
-    __u8 pad[2];
+    __u16 admit_epoch;
 };
 _Static_assert(sizeof(struct nw_flow_val) == 16, "nw_flow_val size");
 _Static_assert(__builtin_offsetof(struct nw_flow_val, last_seen_ns) == 0, "nw_flow_val.last_seen_ns offset");
 _Static_assert(__builtin_offsetof(struct nw_flow_val, admit_gen) == 8, "nw_flow_val.admit_gen offset");
 _Static_assert(__builtin_offsetof(struct nw_flow_val, admit_dir) == 12, "nw_flow_val.admit_dir offset");
 _Static_assert(__builtin_offsetof(struct nw_flow_val, flags) == 13, "nw_flow_val.flags offset");
-_Static_assert(__builtin_offsetof(struct nw_flow_val, pad) == 14, "nw_flow_val.pad offset");
+_Static_assert(__builtin_offsetof(struct nw_flow_val, admit_epoch) == 14, "nw_flow_val.admit_epoch offset");
 
 struct nw_counter_key {
     __u32 iface;

@@ -167,7 +167,9 @@ class CfgVal(ct.Structure):
         ("gen", ct.c_uint32),
         ("isolated", ct.c_uint8),
         ("flags", ct.c_uint8),
-        ("pad", ct.c_uint8 * 2),
+        # Bumped by each in-place change to generation ``gen``'s peer entries
+        # (agent/host/bpf_tables.py): flows admitted before it are re-checked.
+        ("epoch", ct.c_uint16),
     ]
 
 
@@ -192,7 +194,7 @@ class FlowVal(ct.Structure):
         ("admit_gen", ct.c_uint32),  # generation of admit_dir's table that allowed it
         ("admit_dir", ct.c_uint8),
         ("flags", ct.c_uint8),
-        ("pad", ct.c_uint8 * 2),
+        ("admit_epoch", ct.c_uint16),  # epoch of that generation when it allowed it
     ]
 
 

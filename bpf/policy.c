@@ -309,8 +309,9 @@ static __always_inline __u64 nw_flow_timeout(__u8 proto, __u8 flags)
     return NW_FLOW_TIMEOUT_OTHER_NS;
 }
 
-/* Does the table that admitted this flow (maybe replaced since) still admit
- * it? Re-checks the admitting packet, reconstructed from the key. */
+/* Does the table that admitted this flow (replaced since: another gen; or
+ * changed in place: another epoch) still admit it? Re-checks the admitting
+ * packet, reconstructed from the key. */
 static __always_inline int nw_flow_still_admitted(const struct nw_flow_key *fk,
                                                   struct nw_flow_val *fv, __u32 dir,
                                                   struct nw_cfg_val *cur_cfg)
@@ -319,7 +320,8 @@ static __always_inline int nw_flow_still_admitted(const struct nw_flow_key *fk,
     struct nw_cfg_val *acfg = adir == dir ? cur_cfg : nw_cfg_of(fk->iface, adir);
     if (!acfg || !acfg->isolated)
         return 1;
-    if (acfg->gen == fv->admit_gen || (acfg->flags & NW_CFG_KEEP_ESTABLISHED))
+    if ((acfg->gen == fv->admit_gen && acfg->epoch == fv->admit_epoch) ||
+        (acfg->flags & NW_CFG_KEEP_ESTABLISHED))
         return 1;
     int src_lo = fv->flags & NW_FLOW_ORIG_SRC_IS_LO;
     /* Ingress judged the source, egress the destination. */
@@ -329,8 +331,10 @@ static __always_inline int nw_flow_still_admitted(const struct nw_flow_key *fk,
     int ok = !nw_policy_denies(fk->iface, adir, acfg, fk->family,
                                peer_is_lo ? fk->lo_addr : fk->hi_addr, fk->proto,
                                orig_dport, ported);
-    if (ok)
+    if (ok) {
         fv->admit_gen = acfg->gen;
+        fv->admit_epoch = acfg->epoch;
+    }
     return ok;
 }
 
@@ -582,6 +586,7 @@ int nw_policy(struct __sk_buff *skb)
         struct nw_flow_val nv = {};
         nv.last_seen_ns = now;
         nv.admit_gen = cfg ? cfg->gen : 0;
+        nv.admit_epoch = cfg ? cfg->epoch : 0;
         nv.admit_dir = dir;
         nv.flags = src_lo ? NW_FLOW_ORIG_SRC_IS_LO : 0;
         nw_flows.update(&fk, &nv);

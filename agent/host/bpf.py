@@ -287,6 +287,12 @@ class PolicyDatapath:
         with self._lock:
             return self._need().tables.read_back(iface.id, Direction(direction))
 
+    def write_counts(self) -> dict[str, int]:
+        """Table writes since load, by how they went: ``switch`` (a new
+        generation), ``delta`` (in place), ``unchanged``."""
+        with self._lock:
+            return dict(self._need().tables.writes)
+
     def counters(self, iface: IfaceKey) -> dict[tuple[Direction, Verdict], Count]:
         """Packets and bytes per (direction, verdict), summed over CPUs."""
         with self._lock:
