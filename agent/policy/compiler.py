@@ -18,11 +18,12 @@ Kubernetes NetworkPolicy semantics (docs/contracts.md#multinetworkpolicy):
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .mnp import Direction, MultiNetworkPolicy, Peer, PortSpec, Rule
+from .mnp import Direction, IPBlock, MultiNetworkPolicy, Peer, PortSpec, Rule
 from .objects import Pod
 from .state import ClusterState
 from .tables import (
@@ -188,7 +189,7 @@ def _peers(
     selected: dict[str, Pod] = {}
     for peer in rule.peers:
         if peer.ip_block is not None:
-            blocks.append(Block(peer.ip_block.cidr, outermost(peer.ip_block.excepts)))
+            blocks.append(_ip_block(peer.ip_block))
         else:
             selected.update((p.key, p) for p in _selected_pods(target, policy, peer))
     return blocks, list(selected.values())
@@ -217,6 +218,17 @@ def _selected_pods(target: _Target, policy: MultiNetworkPolicy, peer: Peer) -> l
     return out
 
 
+def _ip_block(ip_block: IPBlock) -> Block:
+    """One Block per parsed ipBlock, kept on it: every recompile of every
+    interface then puts the same object in its sets (found by identity)."""
+    cached: Block | None = ip_block.__dict__.get("_block")
+    if cached is None:
+        cached = Block(ip_block.cidr, outermost(ip_block.excepts))
+        ip_block.__dict__["_block"] = cached
+    return cached
+
+
+@functools.lru_cache(maxsize=1 << 17)
 def _host_block(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Block:
     return Block(ipaddress.ip_network(ip))
 

@@ -252,12 +252,13 @@ class PolicyEngine:
         changed: set[InterfaceKey] = set()
         for key in keys:
             tables = compile_interface(self.state, self._targets[key], self.options)
-            lowered = lower_interface(tables)
-            digest = lowered.digest()
             previous = self._compiled.get(key)
-            if previous is None or previous.digest != digest:
+            # From the last lowering, a pod entering or leaving costs O(its
+            # addresses), not O(the table).
+            lowered = lower_interface(tables, previous.lowered if previous else None)
+            if previous is None or previous.lowered != lowered:
                 changed.add(key)
-            self._compiled[key] = _Compiled(tables, lowered, digest)
+            self._compiled[key] = _Compiled(tables, lowered, lowered.digest())
         return changed
 
 

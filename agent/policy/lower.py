@@ -50,7 +50,7 @@ import hashlib
 import ipaddress
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import Unsupported
 from .objects import IPAddress
@@ -81,6 +81,15 @@ class LoweringError(Unsupported):
 
 
 @dataclass(frozen=True)
+class _Basis:
+    """What the next lowering of the same interface can start from."""
+
+    table: DirectionTable  # the table this one was lowered from
+    static: Mapping[tuple[int, int, int], list[tuple[int, int]]]  # non-host blocks' deltas
+    bits: tuple[int, ...]  # class index -> bit
+
+
+@dataclass(frozen=True)
 class LoweredTable:
     """One direction as map entries; the dicts are not to be mutated."""
 
@@ -90,6 +99,10 @@ class LoweredTable:
     any_proto_mask: int = 0
     class_count: int = 0
     always_pass: tuple[str, ...] = ()
+    # Order-independent sum of the peer entries' hashes: the digest follows
+    # an in-place change in O(changed entries) instead of re-sorting them all.
+    peer_sum: int | None = field(default=None, compare=False, repr=False)
+    basis: _Basis | None = field(default=None, compare=False, repr=False)
 
     def digest(self) -> str:
         return _digest(self._canonical())
@@ -97,8 +110,8 @@ class LoweredTable:
     def _canonical(self) -> Iterable[str]:
         yield f"isolated={int(self.isolated)} any={self.any_proto_mask:x} classes={self.class_count}"
         yield "pass=" + ",".join(self.always_pass)
-        for (fam, addr, plen), mask in sorted(self.peers.items()):
-            yield f"p{fam} {addr.hex()}/{plen} {mask:x}"
+        total = self.peer_sum if self.peer_sum is not None else _peer_sum(self.peers)
+        yield f"peers={len(self.peers)} sum={total:032x}"
         for (proto, port, plen), mask in sorted(self.ports.items()):
             yield f"q{proto} {port}/{plen} {mask:x}"
 
@@ -110,8 +123,11 @@ class LoweredInterface:
     errors: tuple[str, ...] = ()  # lowering failures (the direction is then deny-all)
 
     def digest(self) -> str:
-        lines = ["ingress", *self.ingress._canonical(), "egress", *self.egress._canonical()]
-        return _digest(lines)
+        cached: str | None = self.__dict__.get("_digest")
+        if cached is None:
+            lines = ["ingress", *self.ingress._canonical(), "egress", *self.egress._canonical()]
+            cached = self.__dict__["_digest"] = _digest(lines)
+        return cached
 
 
 def digest(tables: LoweredTable | LoweredInterface) -> str:
@@ -131,11 +147,18 @@ def deny_all(always_pass: tuple[str, ...]) -> LoweredTable:
     return LoweredTable(True, {}, {}, 0, 0, always_pass)
 
 
-def lower(table: DirectionTable) -> LoweredTable:
+def lower(table: DirectionTable, previous: LoweredTable | None = None) -> LoweredTable:
+    """``previous``: this direction's last lowering, when the change from it
+    is only single addresses entering or leaving classes (pods coming and
+    going) the work is proportional to them, not to the table."""
     if not table.isolated:
         return LoweredTable(False, {}, {}, 0, 0, table.always_pass)
     if table.fail_closed:
         return deny_all(table.always_pass)
+    if previous is not None:
+        again = _relower(table, previous)
+        if again is not None:
+            return again
     # Group again by port set so a hand-built table lowers like a compiled one.
     groups: dict[PortSet, set[Block]] = defaultdict(set)
     for cls in table.classes:
@@ -146,12 +169,16 @@ def lower(table: DirectionTable) -> LoweredTable:
             f"{len(groups)} distinct port sets exceed the datapath's {MAX_CLASSES} classes"
         )
     ordered = sorted(groups.items(), key=lambda kv: port_set_key(kv[0]))
-    peer_deltas: dict[tuple[int, int, int], list[tuple[int, int]]] = defaultdict(list)
+    static: dict[tuple[int, int, int], list[tuple[int, int]]] = defaultdict(list)
+    hosts: dict[tuple[int, int, int], list[tuple[int, int]]] = defaultdict(list)
     port_deltas: dict[tuple[int, int, int], list[tuple[int, int]]] = defaultdict(list)
     any_mask = 0
     for bit, (ports, blocks) in enumerate(ordered):
         for block in blocks:
-            _add_block(peer_deltas, bit, block)
+            if block.is_host:
+                hosts[_node(block)].append((bit, 1))
+            else:
+                _add_block(static, bit, block)
         if ports is ALL:
             any_mask |= 1 << bit
         else:
@@ -160,21 +187,134 @@ def lower(table: DirectionTable) -> LoweredTable:
         if table.allow_icmp:
             for proto in (ICMP, ICMPV6):
                 port_deltas[(proto, 0, 0)].append((bit, 1))
+    peer_deltas = dict(static)
+    for node, changes in hosts.items():
+        peer_deltas[node] = static[node] + changes if node in static else changes
     peers = {
         (fam, value.to_bytes(_WIDTH[fam] // 8, "big"), plen): mask
         for (fam, value, plen), mask in _prefix_close(peer_deltas, _WIDTH.__getitem__).items()
     }
     ports_map = _prefix_close(port_deltas, lambda _proto: PORT_BITS)
-    return LoweredTable(True, peers, ports_map, any_mask, len(ordered), table.always_pass)
+    basis = _Basis(table, dict(static), _class_bits(table)) if _regular(table) else None
+    return LoweredTable(
+        True, peers, ports_map, any_mask, len(ordered), table.always_pass, _peer_sum(peers), basis
+    )
 
 
-def lower_interface(tables: InterfaceTables) -> LoweredInterface:
-    """Both directions; a direction that cannot be lowered becomes deny-all."""
+# Past this many changed addresses a full lowering is as cheap.
+_RELOWER_MAX = 4096
+
+
+def _relower(table: DirectionTable, previous: LoweredTable) -> LoweredTable | None:
+    """``previous`` changed by single addresses only, or None when the change
+    is anything else (ports, ipBlocks, a class appearing or emptying)."""
+    basis = previous.basis
+    if basis is None or not _regular(table):
+        return None
+    old = basis.table
+    if table.allow_icmp != old.allow_icmp or table.always_pass != previous.always_pass:
+        return None
+    if [c.ports for c in table.classes] != [c.ports for c in old.classes]:
+        return None
+    changed: dict[tuple[int, int, int], Block] = {}
+    for before, after in zip(old.classes, table.classes, strict=True):
+        if before.peers is after.peers:
+            continue
+        for block in after.peers ^ before.peers:
+            if not block.is_host:
+                return None
+            changed[_node(block)] = block
+            if len(changed) > _RELOWER_MAX:
+                return None
+    peers = dict(previous.peers)
+    total = previous.peer_sum if previous.peer_sum is not None else _peer_sum(peers)
+    for node, block in changed.items():
+        fam, value, full = node
+        counts: dict[int, int] = defaultdict(int)
+        for plen in range(full):
+            shift = full - plen
+            for bit, d in basis.static.get((fam, (value >> shift) << shift, plen), ()):
+                counts[bit] += d
+        enclosing = _mask(counts)
+        for bit, d in basis.static.get(node, ()):
+            counts[bit] += d
+        for i, cls in enumerate(table.classes):
+            if block in cls.peers:
+                counts[basis.bits[i]] += 1
+        mask = _mask(counts)
+        key = (fam, value.to_bytes(_WIDTH[fam] // 8, "big"), full)
+        was = peers.pop(key, None)
+        if was is not None:
+            total = (total - _entry_hash(key, was)) % _SUM_MOD
+        if mask != enclosing:
+            peers[key] = mask
+            total = (total + _entry_hash(key, mask)) % _SUM_MOD
+    return LoweredTable(
+        True,
+        peers,
+        previous.ports,
+        previous.any_proto_mask,
+        previous.class_count,
+        previous.always_pass,
+        total,
+        _Basis(table, basis.static, basis.bits),
+    )
+
+
+def _regular(table: DirectionTable) -> bool:
+    """Classes as the compiler makes them: each non-empty, each port set
+    once, so class i always holds the same bit."""
+    sets = [c.ports for c in table.classes]
+    return all(c.peers for c in table.classes) and len(set(sets)) == len(sets)
+
+
+def _class_bits(table: DirectionTable) -> tuple[int, ...]:
+    order = sorted(range(len(table.classes)), key=lambda i: port_set_key(table.classes[i].ports))
+    bits = [0] * len(order)
+    for bit, i in enumerate(order):
+        bits[i] = bit
+    return tuple(bits)
+
+
+def _node(block: Block) -> tuple[int, int, int]:
+    return (block.cidr.version, int(block.cidr.network_address), block.cidr.prefixlen)
+
+
+def _mask(counts: Mapping[int, int]) -> int:
+    out = 0
+    for bit, n in counts.items():
+        if n > 0:
+            out |= 1 << bit
+    return out
+
+
+_SUM_MOD = 1 << 128
+
+
+def _entry_hash(key: PeerKey, mask: int) -> int:
+    fam, addr, plen = key
+    data = bytes((fam, plen)) + addr + mask.to_bytes(8, "big")
+    return int.from_bytes(hashlib.blake2b(data, digest_size=16).digest(), "big")
+
+
+def _peer_sum(peers: Mapping[PeerKey, int]) -> int:
+    total = 0
+    for key, mask in peers.items():
+        total += _entry_hash(key, mask)
+    return total % _SUM_MOD
+
+
+def lower_interface(
+    tables: InterfaceTables, previous: LoweredInterface | None = None
+) -> LoweredInterface:
+    """Both directions; a direction that cannot be lowered becomes deny-all.
+    ``previous``: the interface's last lowering (see ``lower``)."""
     lowered: list[LoweredTable] = []
     errors: list[str] = []
     for name, table in (("ingress", tables.ingress), ("egress", tables.egress)):
+        before = None if previous is None else getattr(previous, name)
         try:
-            lowered.append(lower(table))
+            lowered.append(lower(table, before))
         except LoweringError as exc:
             errors.append(f"{name}: {exc.message}; failing closed")
             lowered.append(deny_all(table.always_pass))

@@ -69,6 +69,19 @@ class Block:
     cidr: IPNetwork
     excepts: frozenset[IPNetwork] = frozenset()
 
+    def __post_init__(self) -> None:
+        # Tables hold up to a cluster's worth of blocks in sets that are
+        # compared on every change; ipaddress objects hash slowly, so once.
+        object.__setattr__(self, "_hash", hash((self.cidr, self.excepts)))
+
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def is_host(self) -> bool:
+        """One address, nothing excepted: a /32 or /128 entry of its own."""
+        return not self.excepts and self.cidr.prefixlen == self.cidr.max_prefixlen
+
     def contains(self, ip: IPAddress) -> bool:
         return (
             ip.version == self.cidr.version
