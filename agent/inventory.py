@@ -9,10 +9,12 @@ subscribers hear only about snapshots that actually differ.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 from nicwarden.agent.host.discovery import scan
 from nicwarden.agent.host.events import HostEvent, LinkMonitor, UdevMonitor
@@ -46,7 +48,12 @@ class LiveInventory:
         self._monitors: list[UdevMonitor | LinkMonitor] = []
         self.ready = threading.Event()
         self.scans = 0
+        self.ignored_events = 0
         self.last_change = 0.0
+        # Netdevs of PFs and VFs: current names, and every index ever seen
+        # (a VF in a pod keeps its index and may come back under it).
+        self._names: frozenset[str] = frozenset()
+        self._indexes: set[int] = set()
 
     # -- InventorySource -----------------------------------------------------
 
@@ -84,12 +91,30 @@ class LiveInventory:
             self._thread.join(timeout=2)
 
     def notify(self, event: HostEvent | None = None) -> None:
-        """Mark dirty; any host event may change what sysfs says."""
+        """Mark dirty when the event may change what sysfs says of a PF or VF."""
+        if event is not None and not self._concerns(event):
+            self.ignored_events += 1
+            return
         self._dirty.set()
+
+    def _concerns(self, ev: HostEvent) -> bool:
+        """On a busy node other netdevs (pods' veths, bridges, tunnels) come
+        and go all the time, and a full scan costs tens of ms: only events
+        about a netdev we know (by index or name) or one backed by a device
+        (a VF's netdev appearing or coming home) count. PCI, vfio and
+        simulator events always do."""
+        if ev.subsystem != "net" or ev.action == "overrun":
+            return True
+        if ev.name in self._names or (ev.index and ev.index in self._indexes):
+            return True
+        return ev.action in ("add", "newlink", "move") and _device_backed(
+            self.paths.class_net, ev.name
+        )
 
     def rescan(self) -> Inventory:
         fresh = scan(self.paths)
         self.scans += 1
+        self._learn_netdevs(fresh)
         with self._lock:
             old = self._snapshot
             if fresh.pfs == old.pfs and fresh.missing_dev_nodes == old.missing_dev_nodes:
@@ -105,6 +130,12 @@ class LiveInventory:
                 log.exception("inventory subscriber failed")
         return new
 
+    def _learn_netdevs(self, inv: Inventory) -> None:
+        fns = [pf.fn for pf in inv.pfs] + [vf.fn for vf in inv.vfs()]
+        netdevs = [fn.netdev for fn in fns if fn.netdev is not None]
+        self._names = frozenset(nd.name for nd in netdevs)
+        self._indexes.update(nd.ifindex for nd in netdevs if nd.ifindex)
+
     def _run(self) -> None:
         while not self._stop.is_set():
             triggered = self._dirty.wait(timeout=self._resync)
@@ -117,3 +148,9 @@ class LiveInventory:
                 self.rescan()
             except Exception:
                 log.exception("inventory rescan failed")
+
+
+def _device_backed(class_net: Path, name: str) -> bool:
+    if not name or "/" in name or name in (".", ".."):
+        return False
+    return os.path.exists(os.path.join(class_net, name, "device"))

@@ -485,6 +485,11 @@ class SimulatedNode:
         current = self.paths.pci_devices / st.address / "net" / ev.name
         if not current.is_symlink():
             self._link_netdev(st.address, ev.name)
+            changed = True
+        if changed:
+            # As the kernel's own events would: the tree changed only now,
+            # after the link event the inventory may have scanned too early.
+            self._emit("change", st.address)
         return changed
 
     def _gone_from_host(self, ev: HostEvent) -> bool:

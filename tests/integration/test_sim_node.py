@@ -75,6 +75,45 @@ def test_deleted_vf_netdev_is_seen_within_a_second(sim: SimulatedNode, live: Liv
     assert took < 1.0
 
 
+def test_other_links_do_not_cost_a_scan_but_ours_do(sim: SimulatedNode) -> None:
+    """Pods' veths come and go on a busy node: no rescan for them."""
+    live = LiveInventory(sim.paths, resync_interval=3600)  # no periodic scan in the window
+    sim.subscribe(live.notify)
+    live.start()
+    try:
+        _other_links_and_ours(sim, live)
+    finally:
+        live.stop()
+
+
+def _other_links_and_ours(sim: SimulatedNode, live: LiveInventory) -> None:
+    time.sleep(0.3)  # let the start-up events settle
+    scans, ignored = live.scans, live.ignored_events
+    other = f"nwo{uuid.uuid4().hex[:6]}"
+    run("ip", "link", "add", other, "type", "veth", "peer", "name", f"{other}p")
+    try:
+        run("ip", "link", "set", other, "up")
+        time.sleep(0.5)
+        assert live.ignored_events > ignored
+        assert live.scans == scans
+    finally:
+        run("ip", "link", "del", other, check=False)
+    # A VF's netdev renamed behind our back is scanned for.
+    name, renamed = sim.vf_name(0, 5), f"{sim.prefix}zz"
+    run("ip", "link", "set", name, "down")
+    run("ip", "link", "set", name, "name", renamed)
+    try:
+        wait_for(
+            live,
+            lambda s: (
+                s.pfs[0].vfs[5].fn.netdev is not None and s.pfs[0].vfs[5].fn.netdev.name == renamed
+            ),
+        )
+    finally:
+        run("ip", "link", "set", renamed, "name", name)
+        run("ip", "link", "set", name, "up")
+
+
 def test_link_down_is_seen(sim: SimulatedNode, live: LiveInventory) -> None:
     run("ip", "link", "set", sim.vf_name(1, 0), "down")
     wait_for(
