@@ -62,7 +62,7 @@ class Event:
             raise InvalidArgument(f"unknown watch event type {watch_type!r}") from None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ObjectStatus:
     kind: str
     key: str  # "name" for namespaces, "ns/name" otherwise

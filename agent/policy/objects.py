@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from ._fields import Issues, as_list, as_mapping, metadata, network_key, string_map, type_name
@@ -81,14 +83,14 @@ def implicit_namespace_labels(name: str) -> dict[str, str]:
     return {NAMESPACE_NAME_LABEL: name}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ContainerPort:
     name: str  # "" when unnamed
     port: int
     protocol: Protocol
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NetworkStatusEntry:
     network: str  # normalised "ns/nad" key (Multus writes it that way already)
     interface: str
@@ -97,8 +99,11 @@ class NetworkStatusEntry:
     default: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Pod:
+    """A cluster holds up to ~100,000 of these on every node: slots, and one
+    ``key`` string shared by every index that names the pod."""
+
     namespace: str
     name: str
     uid: str = ""
@@ -109,10 +114,10 @@ class Pod:
     ports: tuple[ContainerPort, ...] = ()
     networks: tuple[NetworkStatusEntry, ...] = ()
     errors: tuple[str, ...] = ()
+    key: str = field(init=False, compare=False, repr=False)
 
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.namespace}/{self.name}")
 
     @property
     def is_peer_candidate(self) -> bool:
@@ -176,7 +181,7 @@ def parse_pod(raw: Mapping[str, Any]) -> Pod:
         namespace=namespace,
         name=name,
         uid=uid if isinstance(uid, str) else "",
-        labels=labels,
+        labels=shared_labels(labels),
         node_name=node if isinstance(node, str) else "",
         phase=phase if isinstance(phase, str) else "",
         host_network=spec.get("hostNetwork") is True,
@@ -184,6 +189,26 @@ def parse_pod(raw: Mapping[str, Any]) -> Pod:
         networks=_network_status(annotations.get(NETWORK_STATUS), namespace, issues),
         errors=tuple(issues.messages),
     )
+
+
+_LABEL_SETS: dict[frozenset[tuple[str, str]], Mapping[str, str]] = {}
+_LABEL_SETS_MAX = 1 << 16
+_NO_LABELS: Mapping[str, str] = MappingProxyType({})
+
+
+def shared_labels(labels: dict[str, str]) -> Mapping[str, str]:
+    """Pods of one workload carry the same labels: one read-only mapping for
+    all of them. A cache, not a registry: when full it starts over, and pods
+    keep the mappings they have."""
+    if not labels:
+        return _NO_LABELS
+    key = frozenset(labels.items())
+    found = _LABEL_SETS.get(key)
+    if found is None:
+        if len(_LABEL_SETS) >= _LABEL_SETS_MAX:
+            _LABEL_SETS.clear()
+        found = _LABEL_SETS[key] = MappingProxyType(labels)
+    return found
 
 
 def _container_ports(spec: Mapping[str, Any], issues: Issues) -> tuple[ContainerPort, ...]:
@@ -232,7 +257,9 @@ def _network_status(
     out: list[NetworkStatusEntry] = []
     for i, raw in enumerate(entries):
         entry = _status_entry(raw, namespace, issues, f"{path}[{i}]")
-        if entry is not None:
+        # The cluster network's entry is checked but not kept: policies
+        # police secondary networks only, and every pod has one.
+        if entry is not None and not entry.default:
             out.append(entry)
     return tuple(out)
 
@@ -265,8 +292,9 @@ def _status_entry(
     interface = entry.get("interface")
     mac = entry.get("mac")
     return NetworkStatusEntry(
-        network=key,
-        interface=interface if isinstance(interface, str) else "",
+        # Few distinct values across a cluster's pods: one string each.
+        network=sys.intern(key),
+        interface=sys.intern(interface) if isinstance(interface, str) else "",
         ips=tuple(ips),
         mac=mac if isinstance(mac, str) else "",
         default=default,

@@ -492,7 +492,9 @@ def test_pod_parsing() -> None:
         ipaddress.ip_address("fd00::1"),
     )
     assert p.ips_on("prod/net-b") == (ipaddress.ip_address("10.0.1.1"),)
-    assert p.networks[1].interface == "net1" and p.networks[1].mac == "02:00:00:00:00:00"
+    # Only secondary networks are kept (the default entry is validated, then dropped).
+    assert [e.network for e in p.networks] == ["prod/net-a", "prod/net-b"]
+    assert p.networks[0].interface == "net1" and p.networks[0].mac == "02:00:00:00:00:00"
     assert p.resolve_port("http", Protocol.TCP) == {80}
     assert p.resolve_port("http", Protocol.UDP) == frozenset()
     assert p.is_peer_candidate
