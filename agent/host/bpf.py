@@ -1,11 +1,12 @@
-"""The BPF policy datapath's loader: the only module that imports bcc.
+"""The BPF policy datapath's loader; bcc compiles in a child (``bpf_build``).
 
 What lives in the kernel, per instance, under ``<bpffs>/nicwarden/<instance>/``:
 
 * the maps of ``nicwarden.bpf.layout.MAPS`` (policy tries, per-interface
   config, flow table, counters, an interface registry, a meta record), each
   pinned, so enforcement and its state outlive the agent process;
-* ``nw_policy``: the one policy program (bcc-compiled once per ``load()``),
+* ``nw_policy``: the one policy program (bcc-compiled once per ``load()``, in
+  a short-lived child process so that the agent never maps clang/LLVM),
   pinned and installed in slot 0 of the pinned prog array ``nw_progs``.
 
 Per attached interface, two trampolines (ingress, egress) of nine
@@ -41,7 +42,7 @@ from pathlib import Path
 from typing import Protocol
 
 from nicwarden.agent.errors import HostError, InvalidArgument, NotFound, Unavailable
-from nicwarden.agent.host import bpf_pins
+from nicwarden.agent.host import bpf_build, bpf_pins
 from nicwarden.agent.host.bpf_ifaces import Registry
 from nicwarden.agent.host.bpf_pins import Maps
 from nicwarden.agent.host.bpf_tables import Count, Tables
@@ -130,29 +131,20 @@ class PolicyDatapath:
     def load(self) -> None:
         """Compile policy.c (once), create or reuse the pinned maps, and put
         the program in ``nw_progs[0]`` (atomically replacing a previous one)."""
-        from bcc import BPF  # deferred: importing bcc costs ~0.2 s
-
         with self._lock:
             self.pin_dir.mkdir(parents=True, exist_ok=True)
             bpf_pins.check_pinned_shapes(self.pin_dir)
-            pin_define = f'-DNW_PIN_DIR="{self.pin_dir}"'
+            # bcc runs in a child (bpf_build): its compiler stack never maps here.
+            prog_fd = bpf_build.build(self.pin_dir, POLICY_SOURCE, BPF_SRC_DIR)
             try:
-                b = BPF(
-                    src_file=str(POLICY_SOURCE).encode(), cflags=[f"-I{BPF_SRC_DIR}", pin_define]
-                )
-            except Exception as e:  # bcc raises bare Exception on compile errors
-                raise HostError(f"compiling {POLICY_SOURCE} failed: {e}") from e
-            try:
-                fn = b.load_func(L.PROG_FUNC.encode(), BPF.SCHED_CLS)
                 opened = self._open_maps()
                 self._init_meta(opened.maps)
                 # One map write: every trampoline jumps to the new program from
                 # its next packet on. Running packets finish in the old one (RCU).
-                opened.maps.progs.update(U32(0), U32(fn.fd))
-                bpf_pins.pin_prog(self.pin_dir, fn.fd)
+                opened.maps.progs.update(U32(0), U32(prog_fd))
+                bpf_pins.pin_prog(self.pin_dir, prog_fd)
             finally:
-                # Drops bcc's fds; the pins keep maps and program alive.
-                b.cleanup()
+                os.close(prog_fd)  # the pins keep maps and program alive
             self._set_prog(bpf_pins.open_pin(self.pin_dir, L.PROG_PIN))
             opened.recover()
             log.info("policy datapath %s loaded (prog id %d)", self.instance, self.prog_id())
