@@ -78,22 +78,31 @@ _STOP_TIMEOUT_S = 10.0
 
 
 class Priority:
-    """Work that must not share the CPU with the feed: CNI requests. One
-    Python process has one interpreter lock, so a source parsing and
-    delivering events, or a worker applying them, slows a CNI call even
-    when it holds none of the call's locks. Both wait, before each event
-    and each batch, until no such work runs.
+    """Work that must not share the CPU with the policy source: CNI
+    requests. One Python process has one interpreter lock, so a reflector
+    parsing a relist's pages, or a worker applying events, slows a CNI call
+    even when it holds none of the call's locks: each blocking syscall the
+    call makes releases the lock, and getting it back from a busy thread
+    takes up to ``sys.getswitchinterval()`` (5 ms). So the source's threads
+    wait, between items, until no such work runs.
 
     A wait lasts ``max_wait_s`` at most; then everyone goes ahead for
     ``pass_s``, so a steady stream of CNI calls slows how fast the policy
-    source is followed (to a fifth at worst, by default), and never stops it."""
+    source is followed (to a fifth at worst, by default), and never stops it.
+    The call that gives up always returns, so even a thread that gets no
+    CPU in a pass moves one item per ``max_wait_s``."""
 
     def __init__(self, max_wait_s: float = DEFAULT_YIELD_S, pass_s: float = DEFAULT_PASS_S) -> None:
+        if max_wait_s < 0 or pass_s <= 0:
+            raise ValueError("need max_wait_s >= 0 and pass_s > 0")
         self.max_wait_s = max_wait_s
         self.pass_s = pass_s
         self._cond = threading.Condition(threading.Lock())
         self._running = 0
         self._pass_until = 0.0
+        self.waits = 0  # wait_idle calls that found priority work running
+        self.passes = 0  # of them, those that gave up waiting
+        self.waited_s = 0.0
 
     @contextmanager
     def running(self) -> Iterator[None]:
@@ -108,19 +117,28 @@ class Priority:
                     self._cond.notify_all()
 
     def wait_idle(self) -> None:
+        """Called very often (between the items of a page), so it costs one
+        attribute read when nothing runs."""
+        if not self._running:
+            return
         with self._cond:
             if not self._running:
                 return
             now = time.monotonic()
             if now < self._pass_until:
                 return
+            self.waits += 1
             deadline = now + self.max_wait_s
-            while self._running:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self._pass_until = time.monotonic() + self.pass_s
-                    return
-                self._cond.wait(left)
+            try:
+                while self._running:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        self.passes += 1
+                        self._pass_until = time.monotonic() + self.pass_s
+                        return
+                    self._cond.wait(left)
+            finally:
+                self.waited_s += time.monotonic() - now
 
 
 def event_key(event: Event) -> Key:

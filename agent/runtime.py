@@ -439,9 +439,18 @@ class AgentRuntime:
             source = DirectorySource(self.config.manifests_dir, poll_interval=MANIFEST_POLL_S)
         elif self.config.kubernetes.watch:
             from nicwarden.agent.k8s import ApiSource, EventRecorder, load_client
+            from nicwarden.agent.policy_feed import Priority
 
             api = load_client(self.config.kubernetes.kubeconfig)
-            source = ApiSource(api, self.node_name)
+            # The reflectors stand aside for CNI requests too, between the
+            # items of a list: a relist's parsing is most of its CPU.
+            self.cni_priority = Priority()
+            source = ApiSource(
+                api,
+                self.node_name,
+                pod_metadata_only=self.config.kubernetes.pod_metadata_only,
+                pause=self.cni_priority.wait_idle,
+            )
             if self.config.kubernetes.events:
                 self.events = EventRecorder(api, self.node_name)
                 self._stops.append(self.events.close)
@@ -451,7 +460,7 @@ class AgentRuntime:
 
             # The source's threads only enqueue, and the feed stands aside
             # while CNI requests run: ADD/DEL never wait for a burst.
-            self.cni_priority = Priority()
+            self.cni_priority = self.cni_priority or Priority()
             source = self.policy_feed = PolicyFeed(source, priority=self.cni_priority)
         self.enforcer = PolicyEnforcer(
             self.store,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,11 @@ class ApiSource:
         request_timeout: float = 30.0,
         page_size: int = 500,
         pod_metadata_only: bool = False,
+        pause: Callable[[], None] | None = None,
     ) -> None:
+        """``pause`` is called between the objects of a list and of a relist's
+        diff; it may wait while more urgent work runs (CNI requests: see
+        policy_feed.Priority), for a bounded time."""
         self.node_name = node_name  # names this agent in logs
         self._client = api_client
         self._settings = WatchSettings(
@@ -87,7 +92,7 @@ class ApiSource:
             request_timeout=request_timeout,
             page_size=page_size,
         )
-        self._ledger = Ledger(keep_objects=False)
+        self._ledger = Ledger(keep_objects=False, pause=pause)
         self._stopping = threading.Event()
         self._reflectors: list[Reflector] = []
         self._threads: list[tuple[threading.Thread, Reflector]] = []
@@ -113,6 +118,7 @@ class ApiSource:
                     self._stopping,
                     metadata_only=partial,
                     field_selector=PEER_PODS if partial else None,
+                    pause=pause,
                 )
             )
 

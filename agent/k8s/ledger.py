@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from ..policy import Action, Event
@@ -36,12 +36,17 @@ def _order(key: ObjectKey) -> tuple[int, str, str]:
 
 
 class Ledger:
-    def __init__(self, *, keep_objects: bool = True) -> None:
+    def __init__(
+        self, *, keep_objects: bool = True, pause: Callable[[], None] | None = None
+    ) -> None:
         # Reentrant so a sink may call back into its source (problems(), synced()).
         self._lock = threading.RLock()
         self._delivered: dict[ObjectKey, bytes] = {}  # key -> digest()
         self._objects: dict[ObjectKey, Mapping[str, Any]] | None = {} if keep_objects else None
         self._sink: Sink | None = None
+        # Called between the objects of a replace (a relist of the whole
+        # cluster): may wait while more urgent work runs (policy_feed.Priority).
+        self._pause = pause or _never
 
     def attach(self, sink: Sink | None) -> None:
         with self._lock:
@@ -88,11 +93,19 @@ class Ledger:
         adding first only briefly unions two policies' allows.
         """
         count = 0
+        pause = self._pause
         with self._lock:
-            for key in sorted(objects, key=_order):
+            for key in _sorted(objects, pause):
+                pause()
                 count += self.upsert(key, objects[key])
-            gone = [k for k in self._delivered if k[0] in kinds and k not in objects]
+            gone = []
+            for i, key in enumerate(self._delivered):
+                if not i & 1023:
+                    pause()
+                if key[0] in kinds and key not in objects:
+                    gone.append(key)
             for key in sorted(gone, key=_order):
+                pause()
                 count += self.remove(key)
         return count
 
@@ -107,6 +120,28 @@ class Ledger:
             # object; the event is considered delivered (re-sending it would
             # most likely fail the same way forever).
             log.exception("object sink failed", extra={"action": str(action), "object": key})
+
+
+def _sorted(keys: Collection[ObjectKey], pause: Callable[[], None]) -> list[ObjectKey]:
+    """``keys`` in delivery order. A list from the API server is in that
+    order already, and sorting a relist's keys anyway is one C call that
+    holds the interpreter for tens of milliseconds; checking is a loop that
+    can pause."""
+    out = list(keys)
+    last: tuple[int, str, str] | None = None
+    for i, key in enumerate(out):
+        if not i & 1023:
+            pause()
+        order = _order(key)
+        if last is not None and order < last:
+            out.sort(key=_order)
+            break
+        last = order
+    return out
+
+
+def _never() -> None:
+    pass
 
 
 def _identity(key: ObjectKey) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from nicwarden.agent.backoff import Backoff, BackoffPolicy
 from ._kube import ApiException
 from .kinds import ObjectKey, ResourceType, object_key
 from .ledger import Ledger
+from .list_json import load_list
 from .project import PROJECTIONS
 from .source import SourceProblem
 
@@ -85,6 +86,7 @@ class Reflector:
         *,
         metadata_only: bool = False,
         field_selector: str | None = None,
+        pause: Callable[[], None] | None = None,
     ) -> None:
         self.resource = resource
         self._call = call  # the client's list function for this kind
@@ -101,6 +103,9 @@ class Reflector:
         self._partial: bool | None = None if metadata_only else False
         self._asked = metadata_only
         self._field_selector = field_selector
+        # Called between the items of a list: waits while more urgent work
+        # (a CNI request) runs, for a bounded time (policy_feed.Priority).
+        self._pause = pause or _never
         self._problem: SourceProblem | None = None
         self.synced = threading.Event()
         self.resource_version: str | None = None
@@ -193,10 +198,14 @@ class Reflector:
                 # The raw JSON, not the client's models: the models would be
                 # converted straight back to dicts, cost a deserialisation of
                 # every Pod, and reject objects a newer server sends with
-                # fields they do not know.
-                body = json.loads(response.data)
+                # fields they do not know. Parsed an item at a time: one
+                # json.loads of a page holds the interpreter for tens of ms.
+                data = response.data
             finally:
                 response.release_conn()
+            self._pause()
+            body = load_list(data, self._pause)
+            del data
             if asked and self._partial is None:
                 self._decide(body.get("kind"))
             meta = body.get("metadata") or {}
@@ -208,6 +217,7 @@ class Reflector:
                 key, obj = self._normalise(item)
                 if key is not None:
                     objects[key] = obj
+                self._pause()
             del body
             # What this page kept lives as long as the agent: taking it out of
             # the cyclic collector's sight keeps the next pages' collections
@@ -270,6 +280,7 @@ class Reflector:
             for line in _lines(response):
                 if self._stopping.is_set():
                     return
+                self._pause()  # a burst of events nobody needs never reaches the feed's
                 event = json.loads(line)
                 if isinstance(event, dict):
                     self._handle(event)
@@ -354,6 +365,10 @@ class Reflector:
             self._problem = SourceProblem("", self.resource.plural, message)
         log.warning("%s %s", self.kind, message, extra={"kind": self.kind})
         self._stopping.wait(delay)
+
+
+def _never() -> None:
+    pass
 
 
 def _describe_error(exc: BaseException) -> str:

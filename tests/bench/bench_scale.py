@@ -122,7 +122,8 @@ def serve(spec: cg.ClusterSpec, kubeconfig: Path) -> None:
             elif op == "relist":
                 # Pods no watch hears of, history forgotten, watches cut: the
                 # agent's resumed pod watch gets 410 Gone and relists.
-                server.add_many([cg.pod(spec, i, prefix="late") for i in range(cmd["pods"])])
+                prefix = cmd.get("prefix", "late")
+                server.add_many([cg.pod(spec, i, prefix=prefix) for i in range(cmd["pods"])])
                 server.compact()
                 out = server.drop_watches()
             else:
@@ -234,7 +235,11 @@ class Node:
             raise SystemExit(f"ADD {lp.name}: {out.stdout} {out.stderr}")
         self.attached.append((conf, kw))
 
-    def cycle(self, device: str, ns: str, n: int) -> float:
+    def cycle(self, device: str, n: int) -> float:
+        """ADD+DEL into a new netns, as a runtime would: reusing one would
+        keep the host-model rules of every address IPAM handed out in it,
+        and each ADD would read more of them than the one before."""
+        ns = self.new_netns(f"nwsccyc{n}")
         conf = self.conf("net-0", device)
         kw = dict(container=f"cycle-{n}", netns=netns_path(ns), ifname="net1")
         kw.update(pod=f"cycle-{n}", namespace=cg.ns_name(0))
@@ -243,7 +248,10 @@ class Node:
             out = invoke(SHIM, command, conf, **kw)
             if out.code:
                 raise SystemExit(f"{command} cycle-{n}: {out.stdout} {out.stderr}")
-        return time.perf_counter() - started
+        took = time.perf_counter() - started
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        self.netns.remove(ns)
+        return took
 
     def cleanup(self) -> None:
         for conf, kw in reversed(self.attached):
@@ -318,8 +326,9 @@ def measure(args: argparse.Namespace, tmp: Path) -> None:
     spec = cg.ClusterSpec(
         pods=args.pods, nads=args.nads, policies=args.policies, local_pods=args.local_pods
     )
-    print(f"\nidle agent ({time.strftime('%H:%M:%S')})", flush=True)
-    idle_rss(tmp)
+    if not args.cni_only:
+        print(f"\nidle agent ({time.strftime('%H:%M:%S')})", flush=True)
+        idle_rss(tmp)
 
     started = time.monotonic()
     api = Api(spec, tmp)
@@ -348,6 +357,14 @@ def run_cluster(args: argparse.Namespace, tmp: Path, spec: cg.ClusterSpec, api: 
             row("initial sync, agent start to source synced", f"{sync:.1f} s", "< 20 s")
             settle(pid, timeout=args.timeout)
             row("agent RSS after initial sync", f"{rss_mb(pid):.0f} MB", "< 300 MB")
+            if args.cni_only:
+                for k in range(args.relists):
+                    try:
+                        cni_during_relist(args, spec, api, agent, node, k)
+                    except Timeout as e:
+                        row("CNI during relist", f"TIMEOUT: {e}", "")
+                    settle(pid, timeout=args.timeout)
+                return
 
             # Local pods get real attachments; then their tables must appear.
             locals_ = cg.local_pods(spec)[: len(node.vfs) - 2]
@@ -406,7 +423,7 @@ def run_cluster(args: argparse.Namespace, tmp: Path, spec: cg.ClusterSpec, api: 
                 settle(pid, timeout=args.timeout)
 
             try:
-                cni_during_relist(args, spec, api, agent, node)
+                cni_during_relist(args, spec, api, agent, node, 0)
             except Timeout as e:
                 row("CNI during relist", f"TIMEOUT: {e}", "")
         finally:
@@ -555,19 +572,25 @@ def big_policy(
 
 
 def cni_during_relist(
-    args: argparse.Namespace, spec: cg.ClusterSpec, api: Api, agent: Running, node: Node
+    args: argparse.Namespace,
+    spec: cg.ClusterSpec,
+    api: Api,
+    agent: Running,
+    node: Node,
+    round_: int,
 ) -> None:
-    ns = node.new_netns("nwsccyc")
     device = node.vfs[-1]
-    idle = [node.cycle(device, ns, n) for n in range(args.samples)]
+    base = round_ * 100_000
+    idle = [node.cycle(device, base + n) for n in range(args.samples)]
     applied = metric(agent, "nicwarden_source_events_applied_total")
     started = time.monotonic()
-    api.call("relist", pods=spec.pods)
+    # Each round adds pods under new names, so each relist delivers spec.pods new ones.
+    api.call("relist", pods=spec.pods, prefix=f"late{round_}")
     during: list[float] = []
-    n = len(idle)
+    n = base + len(idle)
     target = None if applied is None else applied + spec.pods
     while True:
-        during.append(node.cycle(device, ns, n))
+        during.append(node.cycle(device, n))
         n += 1
         if time.monotonic() - started > args.timeout:
             raise Timeout("the relist was not applied in time")
@@ -582,8 +605,12 @@ def cni_during_relist(
     row(
         f"CNI ADD+DEL p99 idle / during {spec.pods}-pod relist",
         f"{pct(idle, 99) * 1e3:.0f} / {pct(during, 99) * 1e3:.0f} ms",
-        f"ratio {ratio:.2f} <= 1.5 (relist {took:.1f} s, n={len(during)})",
+        f"ratio {ratio:.2f} <= 1.5 (relist {took:.1f} s, n={len(idle)}/{len(during)},"
+        f" p50 {pct(idle, 50) * 1e3:.0f} / {pct(during, 50) * 1e3:.0f} ms)",
     )
+    for name, values in (("idle", idle), ("during", during)):
+        top = " ".join(f"{v * 1e3:.0f}" for v in sorted(values)[-5:])
+        print(f"    {name}: p90 {pct(values, 90) * 1e3:.0f} ms, slowest {top} ms", flush=True)
 
 
 def main() -> None:
@@ -596,6 +623,12 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=30)
     ap.add_argument("--cidrs", type=int, default=10_000)
     ap.add_argument("--timeout", type=float, default=300, help="seconds per wait")
+    ap.add_argument(
+        "--cni-only",
+        action="store_true",
+        help="only CNI ADD+DEL latency idle vs during relists (no local pods, no other rows)",
+    )
+    ap.add_argument("--relists", type=int, default=1, help="relists measured with --cni-only")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--kubeconfig", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
