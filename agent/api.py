@@ -33,7 +33,8 @@ from nicwarden.agent.errors import (
 from nicwarden.agent.health import pf_problem, unhealthy_reason
 from nicwarden.agent.host.vfnetlink import VfSettings
 from nicwarden.agent.model import PF, VF, Inventory
-from nicwarden.agent.paging import capped, page
+from nicwarden.agent.paging import page
+from nicwarden.agent.policy_listing import list_policies
 from nicwarden.agent.runtime import AgentRuntime
 from nicwarden.agent.store import Attachment as StoredAttachment
 from nicwarden.agent.store import DraClaimRecord, Store
@@ -286,15 +287,12 @@ class AgentService(pb_grpc.AgentServicer):  # type: ignore[misc]
             datapath_error=enf.datapath_error,
             source_synced=enf.source is None or enf.source.synced(),
         )
-        # One sequence, interfaces then objects, paged as a whole; only the
-        # page's rows become messages.
-        rows = [(True, r) for r in enf.interfaces()] + [(False, o) for o in enf.objects()]
-        shown, resp.next_page_token = _page(rows, request, _policy_row)
-        for msg in shown:
-            if isinstance(msg, pb.PolicedInterfaceStatus):
-                resp.interfaces.append(msg)
-            else:
-                resp.objects.append(msg)
+        # Read by key from the engine's indexes: a page costs O(page), not
+        # O(cluster).
+        interfaces, objects, resp.next_page_token = list_policies(enf, request)
+        resp.objects_total, resp.objects_with_problems = enf.object_counts()
+        resp.interfaces.extend(interfaces)
+        resp.objects.extend(objects)
         return resp
 
     @rpc
@@ -456,17 +454,6 @@ def _page(items: Sequence[S], request: _Paged, convert: Callable[[S], M]) -> tup
 
 def _same(msg: M) -> M:
     return msg
-
-
-def _policy_row(
-    row: tuple[bool, dict[str, Any]],
-) -> pb.PolicedInterfaceStatus | pb.PolicyObjectStatus:
-    is_interface, fields = row
-    fields = dict(fields, errors=capped(fields["errors"]))
-    if is_interface:
-        return pb.PolicedInterfaceStatus(**fields)
-    fields["warnings"] = capped(fields["warnings"])
-    return pb.PolicyObjectStatus(**fields)
 
 
 def observe_filter(

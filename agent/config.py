@@ -172,6 +172,29 @@ class KubernetesConfig:
     events: bool = setting(
         boolean, True, "Post Events for invalid policies and failed attachments (needs watch)."
     )
+    # Off by default because the engine reads three things from a pod's spec
+    # and status. Metadata only, two become a field selector on the watch
+    # (finished and hostNetwork pods are never peers), but named container
+    # ports are lost: a rule naming a port then matches it on no pod (it only
+    # ever allows less). Worth it when no policy names ports and the cluster
+    # is large: a pod's metadata is a fraction of its wire size and memory.
+    pod_metadata_only: bool = setting(
+        boolean,
+        False,
+        "Follow pods as metadata only (labels, annotations, identity): far less memory and"
+        " CPU at scale, but rules naming container ports by name match no pod (needs watch).",
+    )
+
+    def check(self) -> None:
+        if self.pod_metadata_only and not self.watch:
+            raise Invalid(
+                problems=[
+                    Problem(
+                        ("podMetadataOnly",),
+                        "only applies to pods watched from the API: set kubernetes.watch: true",
+                    )
+                ]
+            )
 
 
 @dataclass(frozen=True)

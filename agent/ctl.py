@@ -34,6 +34,10 @@ from nicwarden.cni.install import install_shim
 from nicwarden.proto.nicwarden.v1 import agent_pb2 as pb
 from nicwarden.proto.nicwarden.v1 import agent_pb2_grpc as pb_grpc
 
+# What `policies --kind` offers; the agent validates it again (its list is
+# the policy engine's KINDS, which the CLI does not import to stay light).
+OBJECT_KINDS = ("MultiNetworkPolicy", "Namespace", "NetworkAttachmentDefinition", "Pod")
+
 DEFAULT_SOCKET = "/run/nicwarden/agent.sock"
 EXIT_OK, EXIT_SERVER, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -446,7 +450,14 @@ def cmd_converge(client: Client, args: argparse.Namespace) -> tuple[Message, str
 
 
 def cmd_policies(client: Client, args: argparse.Namespace) -> tuple[Message, str]:
-    resp = client.call_all("ListPolicies", pb.ListPoliciesRequest())
+    # The table shows only objects with problems, so it asks for only those:
+    # at 100,000 objects that is a page or two, not every object's row.
+    request = pb.ListPoliciesRequest(
+        problems_only=args.problems or args.output != "json",
+        kind=args.kind or "",
+        namespace=args.namespace or "",
+    )
+    resp = client.call_all("ListPolicies", request)
     rows = []
     for i in resp.interfaces:
         iso = "+".join(
@@ -499,6 +510,10 @@ def cmd_policies(client: Client, args: argparse.Namespace) -> tuple[Message, str
                 for o in bad
             ],
         )
+    text += (
+        f"\n\n{resp.objects_total:,} objects followed, "
+        f"{resp.objects_with_problems:,} with errors or warnings"
+    )
     if not resp.datapath_ok:
         text += f"\n\ndatapath: NOT ENFORCING: {resp.datapath_error}"
     if args.verbose:
@@ -705,6 +720,15 @@ def build_parser() -> argparse.ArgumentParser:
         "policies", help="policed interfaces, rules loaded, counters, object status"
     )
     pol.add_argument("-v", "--verbose", action="store_true", help="every non-zero counter")
+    pol.add_argument(
+        "--problems",
+        action="store_true",
+        help="only objects with errors or warnings (the table shows only those anyway)",
+    )
+    pol.add_argument("--kind", choices=sorted(OBJECT_KINDS), help="only objects of this kind")
+    pol.add_argument(
+        "--namespace", "-n", metavar="NS", help="only this namespace's objects and interfaces"
+    )
     pol.set_defaults(func=cmd_policies)
     rec = sub.add_parser("reconcile", help="reconcile attachments and VFs with the kernel now")
     decide = rec.add_mutually_exclusive_group()

@@ -32,9 +32,11 @@ from nicwarden.agent.policy import (
     Event,
     InterfaceKey,
     LoweredInterface,
+    ObjectStatus,
     PolicedInterface,
     PolicyEngine,
 )
+from nicwarden.agent.policy.pod_record import pod_object
 from nicwarden.agent.policy_feed import PolicyFeed
 from nicwarden.agent.store import Attachment, AttachmentKey, Store
 from nicwarden.bpf.layout import IfaceKey
@@ -143,6 +145,9 @@ class PolicyEnforcer:
         self.strict_host_model = strict_host_model
         self._reported: dict[str, tuple[str, ...]] = {}
         self._logged: dict[str, set[str]] = {}  # policy key -> problems logged
+        # Enough of each policy to name it in an Event that a pod event
+        # causes (its tables crossing the datapath's limits).
+        self._policy_refs: dict[str, dict[str, Any]] = {}
         self.engine = PolicyEngine(options)
         self._lock = threading.RLock()
         # CNI calls waiting for (or holding) the lock: the feed's worker lets
@@ -151,7 +156,11 @@ class PolicyEnforcer:
         self._turn = threading.Condition(threading.Lock())
         self._cni_waiting = 0
         self._locals: dict[InterfaceKey, _Local] = {}
-        self._pods: dict[tuple[str, str], dict[str, Any]] = {}  # as the source gave them
+        # Pods with attachments here, as the source gave them (merged again
+        # when an attachment comes or goes); any other pod is rebuilt from
+        # the engine's record when it gets one, so the cluster's pods are
+        # not kept twice.
+        self._pods: dict[tuple[str, str], dict[str, Any]] = {}
         self._nads: dict[tuple[str, str], str] = {}  # (ns, name) -> config name
         # Our ready attachments by pod: every pod event consults them, so they
         # are kept here rather than read back from the store each time.
@@ -230,6 +239,7 @@ class PolicyEnforcer:
             if kind == "MultiNetworkPolicy":
                 self._report(event)
                 self._log_problems(_object_ident(event.obj))
+            self._policy_status_changed()
 
     def on_events(self, events: Sequence[Event]) -> None:
         """A batch from the policy feed, under one hold of the lock, after
@@ -283,16 +293,32 @@ class PolicyEnforcer:
 
     def _report(self, event: Event) -> None:
         """An Event per policy that fails validation (once per distinct error)."""
-        if self.on_invalid is None or event.action == Action.DELETE:
-            return
         meta = event.obj.get("metadata", {})
         key = f"{meta.get('namespace', 'default')}/{meta.get('name', '')}"
+        if event.action == Action.DELETE:
+            self._policy_refs.pop(key, None)
+            self._reported.pop(key, None)
+            return
+        self._policy_refs[key] = _policy_ref(event.obj)
+        self._report_status(key, event.obj)
+
+    def _policy_status_changed(self) -> None:
+        """Report policies whose status changed without an event of their own:
+        a pod or interface change pushed their tables past the datapath's
+        limits (or back under)."""
+        for key in sorted(self.engine.take_policy_changes()):
+            ref = self._policy_refs.get(key)
+            if ref is not None:
+                self._report_status(key, ref)
+            self._log_problems(key)
+
+    def _report_status(self, key: str, obj: Mapping[str, Any]) -> None:
+        if self.on_invalid is None:
+            return
         status = self.engine.policy_status(key)
         errors = tuple(status.errors) if status is not None and not status.ok else ()
         if errors and self._reported.get(key) != errors:
-            self.on_invalid(
-                event.obj, "; ".join(errors) + " (fails closed for the pods it selects)"
-            )
+            self.on_invalid(obj, "; ".join(errors) + " (fails closed for the pods it selects)")
         self._reported[key] = errors
 
     def _log_problems(self, key: str) -> None:
@@ -384,6 +410,7 @@ class PolicyEnforcer:
     def _retarget(self) -> None:
         changed = self.engine.set_targets([loc.target for loc in self._locals.values()])
         self._sync(changed)
+        self._policy_status_changed()
 
     def _merge_pod(self, event: Event) -> Event:
         meta = event.obj.get("metadata", {})
@@ -391,17 +418,24 @@ class PolicyEnforcer:
         if event.action == Action.DELETE:
             self._pods.pop(ident, None)
             return event
-        self._pods[ident] = dict(event.obj)
+        if ident in self._attached:
+            self._pods[ident] = dict(event.obj)
+        else:
+            self._pods.pop(ident, None)
         return Event(event.action, self._with_local_status(event.obj, ident), event.kind)
 
     def _refresh_pod(self, ns: str, name: str) -> None:
         obj = self._pods.get((ns, name))
         if obj is None:
-            return
+            record = self.engine.state.pods.get(f"{ns}/{name}")
+            if record is None:
+                return  # not seen yet: its event will be merged
+            obj = self._pods[(ns, name)] = pod_object(record)
         changed = self.engine.apply(
             Event(Action.UPDATE, self._with_local_status(obj, (ns, name)), "Pod")
         )
         self._sync(changed)
+        self._policy_status_changed()
 
     def _with_local_status(self, obj: Mapping[str, Any], ident: tuple[str, str]) -> dict[str, Any]:
         """The pod with its network-status entries for our attachments
@@ -480,39 +514,52 @@ class PolicyEnforcer:
     # -- reporting -----------------------------------------------------------------
 
     def interfaces(self) -> list[dict[str, Any]]:
-        out = []
         with self._lock:
-            for key, local in sorted(self._locals.items()):
-                tables = self.engine.tables(key)
-                lowered = self.engine.lowered(key)
-                counters: dict[str, int] = {}
-                if local.iface is not None and self.datapath is not None:
-                    try:
-                        for (d, v), c in self.datapath.counters(local.iface).items():
-                            counters[f"{d.name.lower()}_{v.name.lower()}"] = int(c.packets)
-                    except Exception as e:
-                        local.error = f"counters: {e}"
-                out.append(
-                    {
-                        "key": str(key),
-                        "pod": f"{local.target.namespace}/{local.target.pod}",
-                        "ifname": local.target.ifname,
-                        "network": local.target.network,
-                        "ingress_isolated": bool(lowered and lowered.ingress.isolated),
-                        "egress_isolated": bool(lowered and lowered.egress.isolated),
-                        "ingress_entries": len(lowered.ingress.peers) if lowered else 0,
-                        "egress_entries": len(lowered.egress.peers) if lowered else 0,
-                        "policies": list(tables.policies) if tables else [],
-                        "errors": [
-                            *(tables.errors if tables else ()),
-                            *([local.error] if local.error else []),
-                        ],
-                        "generation": max(local.generation.values(), default=0),
-                        "digest": local.digest[:12],
-                        "counters": counters,
-                    }
-                )
-        return out
+            return [self._interface_row(k, loc) for k, loc in sorted(self._locals.items())]
+
+    def interfaces_page(
+        self, after: str | None, limit: int, namespace: str | None = None
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Up to ``limit`` (row key, row) after row key ``after``, in row key
+        order, only ``namespace``'s pods when given: counters are read for
+        the page's interfaces only. (This node's interfaces are few.)"""
+        with self._lock:
+            keys = sorted(
+                (str(k), k)
+                for k, loc in self._locals.items()
+                if namespace is None or loc.target.namespace == namespace
+            )
+            keys = [(s, k) for s, k in keys if after is None or s > after][:limit]
+            return [(s, self._interface_row(k, self._locals[k])) for s, k in keys]
+
+    def _interface_row(self, key: InterfaceKey, local: _Local) -> dict[str, Any]:
+        tables = self.engine.tables(key)
+        lowered = self.engine.lowered(key)
+        counters: dict[str, int] = {}
+        if local.iface is not None and self.datapath is not None:
+            try:
+                for (d, v), c in self.datapath.counters(local.iface).items():
+                    counters[f"{d.name.lower()}_{v.name.lower()}"] = int(c.packets)
+            except Exception as e:
+                local.error = f"counters: {e}"
+        return {
+            "key": str(key),
+            "pod": f"{local.target.namespace}/{local.target.pod}",
+            "ifname": local.target.ifname,
+            "network": local.target.network,
+            "ingress_isolated": bool(lowered and lowered.ingress.isolated),
+            "egress_isolated": bool(lowered and lowered.egress.isolated),
+            "ingress_entries": len(lowered.ingress.peers) if lowered else 0,
+            "egress_entries": len(lowered.egress.peers) if lowered else 0,
+            "policies": list(tables.policies) if tables else [],
+            "errors": [
+                *(tables.errors if tables else ()),
+                *([local.error] if local.error else []),
+            ],
+            "generation": max(local.generation.values(), default=0),
+            "digest": local.digest[:12],
+            "counters": counters,
+        }
 
     def policed(self) -> list[tuple[str, str, str, str, IfaceKey | None, dict[str, int], float]]:
         """(namespace, pod, network, ifname, datapath key, generation by
@@ -548,26 +595,68 @@ class PolicyEnforcer:
         return None
 
     def objects(self) -> list[dict[str, Any]]:
+        """Every object's status row, then the source's problems: O(cluster),
+        for tests and small clusters; the API pages with ``objects_page``."""
         with self._lock:
-            rows = [
-                {
-                    "kind": s.kind,
-                    "key": s.key,
-                    "ok": s.ok,
-                    "errors": list(s.errors),
-                    "warnings": list(s.warnings),
-                }
-                for s in self.engine.status()
-            ]
-        if self.source is not None:
-            for p in self.source.problems():
-                rows.append(
-                    {
-                        "kind": "Source",
-                        "key": str(getattr(p, "file", "") or getattr(p, "object", "")),
-                        "ok": False,
-                        "errors": [str(p)],
-                        "warnings": [],
-                    }
-                )
+            rows = [_status_row(s) for s in self.engine.status()]
+        return rows + [row for _, row in self.source_rows()]
+
+    def objects_page(
+        self,
+        after: tuple[str, str] | None,
+        limit: int,
+        *,
+        kind: str | None = None,
+        namespace: str | None = None,
+        problems_only: bool = False,
+    ) -> list[ObjectStatus]:
+        """Up to ``limit`` statuses after (kind, key) ``after`` in key order,
+        filtered as ``PolicyEngine.status_page``: O(limit + log n). (Statuses
+        are immutable: no copy, and the lock is held for the read only.)"""
+        with self._lock:
+            return self.engine.status_page(
+                after, limit, kind=kind, namespace=namespace, problems_only=problems_only
+            )
+
+    def malformed(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(objects malformed now, times an object became malformed), by kind."""
+        with self._lock:
+            return self.engine.malformed(), dict(self.engine.malformed_total)
+
+    def object_counts(self) -> tuple[int, int]:
+        """(objects followed, those with errors or warnings), unfiltered."""
+        with self._lock:
+            return self.engine.status_counts()
+
+    def source_rows(self) -> list[tuple[tuple[str, str], dict[str, Any]]]:
+        """The source's problems (files or objects it could not read) as
+        ((key, message), row), sorted: few, and always problems."""
+        if self.source is None:
+            return []
+        rows = []
+        for p in self.source.problems():
+            key, message = str(getattr(p, "file", "") or getattr(p, "object", "")), str(p)
+            row = {"kind": "Source", "key": key, "ok": False, "errors": [message], "warnings": []}
+            rows.append(((key, message), row))
+        rows.sort(key=lambda r: r[0])
         return rows
+
+
+def _policy_ref(obj: Mapping[str, Any]) -> dict[str, Any]:
+    meta = obj.get("metadata") or {}
+    kept = ("name", "namespace", "uid", "resourceVersion")
+    return {
+        "apiVersion": obj.get("apiVersion", ""),
+        "kind": "MultiNetworkPolicy",
+        "metadata": {k: meta[k] for k in kept if k in meta},
+    }
+
+
+def _status_row(s: ObjectStatus) -> dict[str, Any]:
+    return {
+        "kind": s.kind,
+        "key": s.key,
+        "ok": s.ok,
+        "errors": list(s.errors),
+        "warnings": list(s.warnings),
+    }

@@ -9,12 +9,22 @@ paging always advances. The token is the offset of the next entry in the
 list's (sorted, stable) order. Lists are read afresh for each page: an entry
 added or removed between two pages can shift the rest by one, as with any
 offset paging; each page is still self-consistent.
+
+Lists that can hold the whole cluster (policy object status) page by key
+instead (``keyset_page``): the token names the last entry sent, and the next
+page is read from the list's index after it. A page then costs O(page), not
+O(list), and entries added or removed between pages shift nothing: each
+entry present throughout is listed exactly once.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import json
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from google.protobuf.message import Message
 
@@ -72,3 +82,94 @@ def capped(messages: Sequence[str]) -> list[str]:
         return list(messages)
     more = len(messages) - MAX_MESSAGES
     return [*messages[:MAX_MESSAGES], f"and {more:,} more (only the first {MAX_MESSAGES} shown)"]
+
+
+# A keyset token: its version, the list section it points into, the last key
+# sent there, and a digest of the filters it was issued under.
+_TOKEN_PREFIX = "k1."
+MAX_TOKEN_CHARS = 4096
+
+Key = Any  # a JSON-able key: str, or a list of str
+
+
+class Section(NamedTuple):
+    """One part of a keyset-paged list, read in key order."""
+
+    name: str
+    # (after, limit) -> up to ``limit`` entries after key ``after`` (None:
+    # from the first), in key order.
+    fetch: Callable[[Key | None, int], Sequence[Any]]
+    key_of: Callable[[Any], Key]  # an entry's key, as the token holds it
+    key_ok: Callable[[Key], bool]  # whether a decoded key has this section's shape
+    convert: Callable[[Any], Message]  # an entry's message
+
+
+def filters_digest(*filters: object) -> str:
+    return hashlib.sha256(json.dumps(filters).encode()).hexdigest()[:16]
+
+
+def encode_token(section: str, key: Key, filters: str) -> str:
+    raw = json.dumps([section, key, filters], separators=(",", ":")).encode()
+    return _TOKEN_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _bad_token(token: str, why: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"page_token {token[:40]!r} is not one this agent issued ({why}); pass the "
+        "previous answer's next_page_token with the same filters, or none for the first page"
+    )
+
+
+def decode_token(token: str, sections: Sequence[Section], filters: str) -> tuple[int, Key]:
+    """(section index, last key sent) from a keyset token; anything this
+    agent did not issue for these filters is the caller's error."""
+    if len(token) > MAX_TOKEN_CHARS or not token.startswith(_TOKEN_PREFIX):
+        raise _bad_token(token, "malformed")
+    body = token[len(_TOKEN_PREFIX) :]
+    try:
+        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        decoded = json.loads(raw)
+    except (binascii.Error, ValueError):
+        raise _bad_token(token, "malformed") from None
+    if not isinstance(decoded, list) or len(decoded) != 3:
+        raise _bad_token(token, "malformed")
+    name, key, digest = decoded
+    for index, section in enumerate(sections):
+        if name == section.name and section.key_ok(key):
+            if digest != filters:
+                raise _bad_token(token, "issued for different filters")
+            return index, key
+    raise _bad_token(token, "malformed")
+
+
+def keyset_page(
+    sections: Sequence[Section], page_size: int, page_token: str, filters: str
+) -> tuple[list[Message], str]:
+    """One page across ``sections`` in order, each read by key from where
+    the token left off; bounded by size and ``PAGE_BYTES`` as ``page`` is.
+    Only the page's entries (and one more, to know whether the list goes on)
+    are fetched, and only the last one sent is keyed."""
+    _, size = page_bounds(page_size, "")
+    start, after = decode_token(page_token, sections, filters) if page_token else (0, None)
+    out: list[Message] = []
+    used = 0
+    last: tuple[Section, Any] | None = None
+
+    def token() -> str:
+        assert last is not None  # a page holds at least one entry
+        section, entry = last
+        return encode_token(section.name, section.key_of(entry), filters)
+
+    for index in range(start, len(sections)):
+        section = sections[index]
+        for entry in section.fetch(after if index == start else None, size - len(out) + 1):
+            if len(out) == size:
+                return out, token()
+            msg = section.convert(entry)
+            cost = msg.ByteSize() + 8  # field tag and length prefix
+            if out and used + cost > PAGE_BYTES:
+                return out, token()
+            out.append(msg)
+            used += cost
+            last = (section, entry)
+    return out, ""

@@ -14,7 +14,8 @@ address or port reloads nothing.
 
 from __future__ import annotations
 
-import heapq
+import dataclasses
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -22,7 +23,7 @@ from typing import Any
 
 from ..errors import InvalidArgument
 from .compiler import compile_interface
-from .lower import LoweredInterface, lower_interface
+from .lower import DEFAULT_LIMITS, LoweredInterface, TableLimits, lower_interface
 from .objects import (
     KINDS,
     MultiNetworkPolicy,
@@ -31,11 +32,15 @@ from .objects import (
     PolicyObject,
     implicit_namespace_labels,
     kind_of,
+    network_status_errors,
     parse_object,
 )
 from .reach import covering, namespace_reaches, pod_reaches
+from .sorted_keys import SortedKeys
 from .state import ClusterState
 from .tables import CompileOptions, InterfaceKey, InterfaceTables, PolicedInterface
+
+log = logging.getLogger(__name__)
 
 
 class Action(StrEnum):
@@ -80,10 +85,27 @@ class _Compiled:
 
 class PolicyEngine:
     def __init__(
-        self, options: CompileOptions | None = None, state: ClusterState | None = None
+        self,
+        options: CompileOptions | None = None,
+        state: ClusterState | None = None,
+        limits: TableLimits = DEFAULT_LIMITS,
     ) -> None:
         self.options = options or CompileOptions()
         self.state = state or ClusterState()
+        self.limits = limits
+        # Objects whose latest version is malformed where enforcement reads
+        # it (a pod's network-status), with the problems; and how many times
+        # an object became so. Logged on each such transition only.
+        self._malformed: dict[tuple[str, str], tuple[str, ...]] = {}
+        self.malformed_total: dict[str, int] = {}
+        # Interface directions that failed closed because their tables exceed
+        # the datapath's limits, blamed on the policies isolating them:
+        # policy key -> {(interface, direction): reason}, and the inverse.
+        self._over_limit: dict[str, dict[tuple[InterfaceKey, str], str]] = {}
+        self._blamed: dict[InterfaceKey, set[str]] = {}
+        # Policies whose status changed other than by an event of their own
+        # (a pod event grew a table past the limits): see take_policy_changes.
+        self._policy_changes: set[str] = set()
         self._targets: dict[InterfaceKey, PolicedInterface] = {}
         self._compiled: dict[InterfaceKey, _Compiled] = {}
         self._by_network: dict[str, set[InterfaceKey]] = {}
@@ -91,6 +113,11 @@ class PolicyEngine:
         # Per-object status, refreshed when that object (or a NAD a policy
         # names) changes, never rebuilt for the whole cluster.
         self._status: dict[tuple[str, str], ObjectStatus] = {}
+        # Status keys in order, and those with errors or warnings, so that a
+        # page of either (what an admin asks for at 100,000 objects) costs
+        # O(page + log n), not a sort of the cluster.
+        self._keys: SortedKeys[tuple[str, str]] = SortedKeys()
+        self._problems: SortedKeys[tuple[str, str]] = SortedKeys()
         for obj in self.state.objects():
             self._refresh_status(kind_of(obj), obj.key)
 
@@ -105,6 +132,7 @@ class PolicyEngine:
             raise InvalidArgument(f"unsupported object kind {kind!r}")
         if event.action is Action.DELETE:
             key = _object_key(kind, event.obj)
+            self._malformed.pop((kind, key), None)
             old = self.state.remove(kind, key)
             self._refresh_status(kind, key)
             return self._recompute(self._affected(old, None))
@@ -112,8 +140,18 @@ class PolicyEngine:
             new = parse_object(event.obj, kind)
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
+        if isinstance(new, Pod):
+            new = self._keep_networks(new)
         old = self.state.put(new)
         self._refresh_status(kind, new.key)
+        if (
+            isinstance(new, Pod)
+            and isinstance(old, Pod)
+            and old == dataclasses.replace(new, errors=old.errors)
+        ):
+            # Only its problems changed (a bad network-status while the last
+            # good one is kept, or a resync): nothing compiled reads them.
+            return set()
         return self._recompute(self._affected(old, new))
 
     def apply_all(self, events: Iterable[Event]) -> set[InterfaceKey]:
@@ -133,6 +171,7 @@ class PolicyEngine:
         removed = set(self._targets) - set(new)
         for key in removed:
             self._compiled.pop(key, None)
+            self._blame(key, None, {})
         stale = {k for k, t in new.items() if self._targets.get(k) != t}
         self._targets = new
         self._by_network = {}
@@ -164,17 +203,60 @@ class PolicyEngine:
         return [self._status[k] for k in sorted(self._status)]
 
     def status_page(
-        self, after: tuple[str, str] | None = None, limit: int = 500
+        self,
+        after: tuple[str, str] | None = None,
+        limit: int = 500,
+        *,
+        kind: str | None = None,
+        namespace: str | None = None,
+        problems_only: bool = False,
     ) -> list[ObjectStatus]:
-        """Up to ``limit`` statuses with (kind, key) after ``after``, sorted."""
+        """Up to ``limit`` statuses with (kind, key) after ``after``, sorted;
+        only ``kind``'s, only ``namespace``'s (a Namespace object counts as
+        its own), only those with errors or warnings, when asked. Every filter
+        is a key range, so a page costs O(limit + log n)."""
         if limit < 1:
             raise InvalidArgument("limit must be at least 1")
-        keys = (k for k in self._status if after is None or k > after)
-        return [self._status[k] for k in heapq.nsmallest(limit, keys)]
+        if kind is not None and kind not in KINDS:
+            raise InvalidArgument(f"unsupported object kind {kind!r}")
+        if namespace is not None and (not namespace or "/" in namespace):
+            raise InvalidArgument(f"namespace {namespace!r} is not a namespace name")
+        index = self._problems if problems_only else self._keys
+        out: list[ObjectStatus] = []
+        for low, high in _key_ranges(kind, namespace):
+            inclusive = True
+            if after is not None:
+                if high is not None and not after < high:
+                    continue
+                if low is None or not after < low:
+                    low, inclusive = after, False
+            for k in index.irange(low, high, low_inclusive=inclusive):
+                out.append(self._status[k])
+                if len(out) == limit:
+                    return out
+        return out
+
+    def status_counts(self) -> tuple[int, int]:
+        """(objects, objects with errors or warnings)."""
+        return len(self._keys), len(self._problems)
 
     def policy_status(self, key: str) -> ObjectStatus | None:
         """One MultiNetworkPolicy's status (``ns/name``), or None when absent."""
         return self._status.get(("MultiNetworkPolicy", key))
+
+    def malformed(self) -> dict[str, int]:
+        """Objects currently malformed, by kind."""
+        out: dict[str, int] = {}
+        for kind, _key in self._malformed:
+            out[kind] = out.get(kind, 0) + 1
+        return out
+
+    def take_policy_changes(self) -> set[str]:
+        """Keys of policies whose status changed since the last call for a
+        reason other than their own event (their tables crossed the
+        datapath's limits because peers came or went)."""
+        out, self._policy_changes = self._policy_changes, set()
+        return out
 
     def policies_naming(self, network: str) -> list[str]:
         """Keys of the policies whose policy-for names ``network`` (``ns/nad``)."""
@@ -184,8 +266,15 @@ class PolicyEngine:
         obj = self.state.get(kind, key)
         if obj is None:
             self._status.pop((kind, key), None)
+            self._keys.discard((kind, key))
+            self._problems.discard((kind, key))
         else:
-            self._status[(kind, key)] = self._status_of(obj)
+            status = self._status[(kind, key)] = self._status_of(obj)
+            self._keys.add((kind, key))
+            if status.ok and not status.warnings:
+                self._problems.discard((kind, key))
+            else:
+                self._problems.add((kind, key))
         if kind == "NetworkAttachmentDefinition":
             # A NAD appearing or going makes policies naming it (in)effective.
             for policy in self.state.policies_for_network(key):
@@ -193,9 +282,85 @@ class PolicyEngine:
 
     def _status_of(self, obj: PolicyObject) -> ObjectStatus:
         warnings: tuple[str, ...] = ()
+        errors = tuple(obj.errors)
         if isinstance(obj, MultiNetworkPolicy):
             warnings = obj.warnings + self._dangling(obj)
-        return ObjectStatus(kind_of(obj), obj.key, not obj.errors, tuple(obj.errors), warnings)
+            errors += self._limit_errors(obj.key)
+        return ObjectStatus(kind_of(obj), obj.key, not errors, errors, warnings)
+
+    def _limit_errors(self, policy: str) -> tuple[str, ...]:
+        found = self._over_limit.get(policy)
+        if not found:
+            return ()
+        out = []
+        for (iface, direction), reason in sorted(found.items()):
+            t = self._targets.get(iface)
+            where = f"pod {t.namespace}/{t.pod} {t.ifname}" if t else str(iface)
+            out.append(
+                f"MultiNetworkPolicy {policy}: {direction} table of {where} exceeds the "
+                f"datapath's limits ({reason}); that direction fails closed (deny-all)"
+            )
+        return tuple(out)
+
+    def _keep_networks(self, pod: Pod) -> Pod:
+        """A malformed network-status says nothing reliable about the pod's
+        addresses: keep those of its last good version (same pod: same UID),
+        else none, so a bad write neither drops the pod out of peer sets nor
+        adds addresses. Logged when the pod becomes malformed, not on every
+        event or resync of it."""
+        key = ("Pod", pod.key)
+        problems = network_status_errors(pod)
+        if not problems:
+            if self._malformed.pop(key, None) is not None:
+                log.info("pod network-status valid again", extra={"pod": pod.key})
+            return pod
+        if key not in self._malformed:
+            self.malformed_total["Pod"] = self.malformed_total.get("Pod", 0) + 1
+            log.warning(
+                "malformed pod network-status; keeping the pod's last valid networks",
+                extra={"pod": pod.key, "problem": "; ".join(problems)[:1024]},
+            )
+        self._malformed[key] = problems
+        old = self.state.pods.get(pod.key)
+        same = old is not None and (not old.uid or not pod.uid or old.uid == pod.uid)
+        kept = old.networks if old is not None and same else ()
+        return pod if kept == pod.networks else dataclasses.replace(pod, networks=kept)
+
+    def _blame(
+        self, iface: InterfaceKey, tables: InterfaceTables | None, failed: Mapping[str, str]
+    ) -> None:
+        """Record which policies make ``iface``'s failed directions fail
+        closed (those selecting it that isolate the direction)."""
+        now: dict[str, dict[str, str]] = {}
+        if tables is not None and failed:
+            for pkey in tables.policies:
+                policy = self.state.policies.get(pkey)
+                if policy is None:
+                    continue
+                for direction, reason in failed.items():
+                    # Lowering names directions "ingress"; policyTypes "Ingress".
+                    if direction.capitalize() in policy.policy_types:
+                        now.setdefault(pkey, {})[direction] = reason
+        before = self._blamed.get(iface, set())
+        for pkey in before | set(now):
+            entries = self._over_limit.get(pkey, {})
+            old = {d: r for (k, d), r in entries.items() if k == iface}
+            if old == now.get(pkey, {}):
+                continue
+            for d in old:
+                del entries[(iface, d)]
+            for d, r in now.get(pkey, {}).items():
+                entries[(iface, d)] = r
+            if entries:
+                self._over_limit[pkey] = entries
+            else:
+                self._over_limit.pop(pkey, None)
+            self._policy_changes.add(pkey)
+            self._refresh_status("MultiNetworkPolicy", pkey)
+        if now:
+            self._blamed[iface] = set(now)
+        else:
+            self._blamed.pop(iface, None)
 
     def _dangling(self, policy: MultiNetworkPolicy) -> tuple[str, ...]:
         # A policy-for naming no NAD is a silent no-op: no interface can be on
@@ -255,11 +420,33 @@ class PolicyEngine:
             previous = self._compiled.get(key)
             # From the last lowering, a pod entering or leaving costs O(its
             # addresses), not O(the table).
-            lowered = lower_interface(tables, previous.lowered if previous else None)
+            lowered = lower_interface(tables, previous.lowered if previous else None, self.limits)
             if previous is None or previous.lowered != lowered:
                 changed.add(key)
             self._compiled[key] = _Compiled(tables, lowered, lowered.digest())
+            if lowered.failed or key in self._blamed:
+                self._blame(key, tables, lowered.failed)
         return changed
+
+
+def _key_ranges(
+    kind: str | None, namespace: str | None
+) -> list[tuple[tuple[str, str] | None, tuple[str, str] | None]]:
+    """[low, high) ranges of (kind, key) holding what the filters select, in
+    key order. Namespaced keys are "ns/name", so a namespace is the prefix
+    "ns/": from "ns/" up to "ns0" ("0" follows "/")."""
+    if kind is None and namespace is None:
+        return [(None, None)]
+    kinds = [kind] if kind is not None else sorted(KINDS)
+    if namespace is None:
+        # Every (k, key) sorts below (k + NUL, ""), and above (k, "").
+        return [((k, ""), (k + "\0", "")) for k in kinds]
+    return [
+        ((k, namespace), (k, namespace + "\0"))
+        if k == "Namespace"
+        else ((k, namespace + "/"), (k, namespace + "0"))
+        for k in kinds
+    ]
 
 
 def _object_key(kind: str, obj: Mapping[str, Any]) -> str:

@@ -81,7 +81,11 @@ def test_the_api_pages_every_row_exactly_once(served: tuple[str, PolicyEnforcer]
         assert pages > 1 and len(keys) == ROWS and len(set(keys)) == ROWS
         # A small explicit page size is honoured; a huge one is lowered.
         small = stub.ListPolicies(pb.ListPoliciesRequest(page_size=7), timeout=60)
-        assert len(small.objects) == 7 and small.next_page_token == "7"
+        assert len(small.objects) == 7 and small.next_page_token
+        after = stub.ListPolicies(
+            pb.ListPoliciesRequest(page_size=3, page_token=small.next_page_token), timeout=60
+        )
+        assert [o.key for o in after.objects] == keys[7:10]
         big = stub.ListPolicies(pb.ListPoliciesRequest(page_size=10**9), timeout=60)
         assert 0 < len(big.objects) <= paging.MAX_PAGE_SIZE
         with pytest.raises(grpc.RpcError) as err:

@@ -366,3 +366,37 @@ def test_restart_adopts_attachments_and_keeps_tables_until_primed(
         assert row["pod"] == "prod/server"
     finally:
         second.stop()
+
+
+def test_only_pods_attached_here_are_kept_as_objects(
+    running: tuple[PolicyEnforcer, FakeDatapath, FakeSource], store: Store
+) -> None:
+    """Every node follows every pod: keeping each pod's object as well as its
+    engine record would double the cluster's memory on every node."""
+    enforcer, dp, source = running
+    source.deliver(
+        Action.ADD,
+        *(pod("prod", f"p{i}", {"app": "x"}, [("prod/net-a", [f"10.9.0.{i}"])]) for i in range(50)),
+    )
+    assert set(enforcer._pods) <= {("prod", "server")}
+    # A pod first seen before its attachment is rebuilt from its record and
+    # still gets our first-hand status merged.
+    late = store.put_attachment(
+        AttachmentKey("c-p7", "net1", "net-a"),
+        netns="/var/run/netns/pod-p7",
+        device=None,
+        kind="chained",
+        pod_namespace="prod",
+        pod_name="p7",
+        pod_uid="uid-prod-p7",
+        original={},
+        config={},
+        state="ready",
+        result={"ips": [{"address": f"{OTHER_IP}/24"}]},
+    )
+    source.deliver(
+        Action.UPDATE, pod("prod", "p7", {"app": "client"}, [("prod/net-a", ["10.9.0.7"])])
+    )
+    enforcer.on_attach(late)
+    assert ("prod", "p7") in enforcer._pods
+    assert dp.allows("net1", OTHER_IP)  # the attachment's address, not the annotation's

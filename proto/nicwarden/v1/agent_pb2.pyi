@@ -371,12 +371,18 @@ class ReconcileResponse(_message.Message):
     def __init__(self, actions: _Optional[_Iterable[str]] = ..., unexplained: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListPoliciesRequest(_message.Message):
-    __slots__ = ("page_size", "page_token")
+    __slots__ = ("page_size", "page_token", "problems_only", "kind", "namespace")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PROBLEMS_ONLY_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    problems_only: bool
+    kind: str
+    namespace: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., problems_only: _Optional[bool] = ..., kind: _Optional[str] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class PolicedInterfaceStatus(_message.Message):
     __slots__ = ("key", "pod", "ifname", "network", "ingress_isolated", "egress_isolated", "ingress_entries", "egress_entries", "policies", "errors", "generation", "digest", "counters")
@@ -430,20 +436,24 @@ class PolicyObjectStatus(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., key: _Optional[str] = ..., ok: _Optional[bool] = ..., errors: _Optional[_Iterable[str]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListPoliciesResponse(_message.Message):
-    __slots__ = ("interfaces", "objects", "datapath_ok", "datapath_error", "source_synced", "next_page_token")
+    __slots__ = ("interfaces", "objects", "datapath_ok", "datapath_error", "source_synced", "next_page_token", "objects_total", "objects_with_problems")
     INTERFACES_FIELD_NUMBER: _ClassVar[int]
     OBJECTS_FIELD_NUMBER: _ClassVar[int]
     DATAPATH_OK_FIELD_NUMBER: _ClassVar[int]
     DATAPATH_ERROR_FIELD_NUMBER: _ClassVar[int]
     SOURCE_SYNCED_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_WITH_PROBLEMS_FIELD_NUMBER: _ClassVar[int]
     interfaces: _containers.RepeatedCompositeFieldContainer[PolicedInterfaceStatus]
     objects: _containers.RepeatedCompositeFieldContainer[PolicyObjectStatus]
     datapath_ok: bool
     datapath_error: str
     source_synced: bool
     next_page_token: str
-    def __init__(self, interfaces: _Optional[_Iterable[_Union[PolicedInterfaceStatus, _Mapping]]] = ..., objects: _Optional[_Iterable[_Union[PolicyObjectStatus, _Mapping]]] = ..., datapath_ok: _Optional[bool] = ..., datapath_error: _Optional[str] = ..., source_synced: _Optional[bool] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    objects_total: int
+    objects_with_problems: int
+    def __init__(self, interfaces: _Optional[_Iterable[_Union[PolicedInterfaceStatus, _Mapping]]] = ..., objects: _Optional[_Iterable[_Union[PolicyObjectStatus, _Mapping]]] = ..., datapath_ok: _Optional[bool] = ..., datapath_error: _Optional[str] = ..., source_synced: _Optional[bool] = ..., next_page_token: _Optional[str] = ..., objects_total: _Optional[int] = ..., objects_with_problems: _Optional[int] = ...) -> None: ...
 
 class SetNumVfsRequest(_message.Message):
     __slots__ = ("pf", "num_vfs")
