@@ -174,6 +174,20 @@ SOURCE_SYNCED = MetricSpec(
     "gauge",
     "1 once the object source's initial state has been applied by the policy enforcer.",
 )
+SOURCE_MALFORMED = MetricSpec(
+    "nicwarden_source_malformed_objects",
+    "gauge",
+    "Objects whose latest version is malformed where enforcement reads it (a Pod's"
+    " network-status annotation), by kind. Enforcement keeps each one's last valid state.",
+    ("kind",),
+)
+SOURCE_MALFORMED_TOTAL = MetricSpec(
+    "nicwarden_source_malformed_total",
+    "counter",
+    "Times an object became malformed (a valid or new object turned bad), by kind; the"
+    " agent logs each such change once.",
+    ("kind",),
+)
 SCRAPE_SUCCESS = MetricSpec(
     "nicwarden_scrape_collector_success",
     "gauge",
@@ -207,5 +221,7 @@ ALL: tuple[MetricSpec, ...] = (
     SOURCE_COALESCED,
     SOURCE_BLOCKED,
     SOURCE_SYNCED,
+    SOURCE_MALFORMED,
+    SOURCE_MALFORMED_TOTAL,
     SCRAPE_SUCCESS,
 )

@@ -232,6 +232,7 @@ class PolicyCollector:
                 raw_bytes[(labels, source)] = int(c.bytes)
         yield gen
         yield applied
+        yield from _malformed(enforcer)
         if ok:
             for spec, tracker, raw in (
                 (C.POLICY_PACKETS, self._packets, raw_packets),
@@ -242,6 +243,24 @@ class PolicyCollector:
                     fam.add_metric(list(series), float(value))
                 yield fam
         yield success("policy_verdicts", ok)
+
+
+def _malformed(enforcer: PolicyEnforcer) -> Iterator[Metric]:
+    now, total = enforcer.malformed()
+    gauge = GaugeMetricFamily(
+        C.SOURCE_MALFORMED.name, C.SOURCE_MALFORMED.help, labels=list(C.SOURCE_MALFORMED.labels)
+    )
+    counter = CounterMetricFamily(
+        C.SOURCE_MALFORMED_TOTAL.name,
+        C.SOURCE_MALFORMED_TOTAL.help,
+        labels=list(C.SOURCE_MALFORMED_TOTAL.labels),
+    )
+    # Pods are the kind checked so far: a zero series, not none, until one is bad.
+    for kind in sorted({"Pod", *now, *total}):
+        gauge.add_metric([kind], float(now.get(kind, 0)))
+        counter.add_metric([kind], float(total.get(kind, 0)))
+    yield gauge
+    yield counter
 
 
 class DropStatsSource(Protocol):

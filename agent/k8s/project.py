@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..policy.objects import NETWORK_STATUS
+from ..policy.objects import MAX_NETWORK_STATUS_BYTES, NETWORK_STATUS
 
 # The one annotation the engine reads from a pod.
 POD_ANNOTATIONS = (NETWORK_STATUS,)
@@ -51,12 +51,20 @@ def _metadata(meta: Any, annotations: tuple[str, ...]) -> Any:
         out["labels"] = _string_map(meta["labels"])
     found = meta.get("annotations")
     if isinstance(found, dict):
-        kept = {a: found[a] for a in annotations if a in found}
+        kept = {a: _bounded(found[a]) for a in annotations if a in found}
         if kept:
             out["annotations"] = kept
     elif found is not None:
         out["annotations"] = found
     return out
+
+
+def _bounded(value: Any) -> Any:
+    """An oversized annotation is rejected by the parser whatever its tail:
+    keep just enough of it to stay rejected, not megabytes per pod."""
+    if isinstance(value, str) and len(value) > MAX_NETWORK_STATUS_BYTES:
+        return value[: MAX_NETWORK_STATUS_BYTES + 1]
+    return value
 
 
 def _port(port: Any) -> Any:

@@ -4,8 +4,9 @@ loads. This module docstring is the contract with the BPF side.
 Classes
     Each traffic class gets one bit of a u64 (bit i = the i-th class, classes
     ordered by port set, ALL first). More than 64 distinct port sets in one
-    direction raise ``LoweringError``; the agent then fails that interface
-    closed and reports it.
+    direction, or more ``peers`` or ``ports`` entries than ``TableLimits``
+    allows, raise ``LoweringError``; the agent then fails that direction
+    closed (deny-all) and reports it on the policies that select it.
 
 ``peers``: ``{(family, addr, prefixlen): mask}``
     ``family`` is 4 or 6, ``addr`` the network address (4 or 16 bytes, network
@@ -52,6 +53,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from nicwarden.bpf.layout import MAX_PEER_ENTRIES, MAX_PORT_ENTRIES
+
 from ..errors import Unsupported
 from .objects import IPAddress
 from .tables import (
@@ -77,7 +80,34 @@ PortKey = tuple[int, int, int]
 
 
 class LoweringError(Unsupported):
-    """The table does not fit the datapath (too many classes)."""
+    """The table does not fit the datapath (too many classes or entries)."""
+
+
+@dataclass(frozen=True)
+class TableLimits:
+    """What one direction of one interface may hold. A switch writes the new
+    generation while the old one is still in the shared trie, so a table
+    over half a trie could never be switched in even on an empty node; past
+    these the kernel would refuse the write halfway and the old table would
+    stay in force, which is worse than failing closed."""
+
+    classes: int = MAX_CLASSES
+    peer_entries: int = MAX_PEER_ENTRIES // 2
+    port_entries: int = MAX_PORT_ENTRIES // 2
+
+    def check(self, table: LoweredTable) -> LoweredTable:
+        if len(table.peers) > self.peer_entries:
+            raise LoweringError(
+                f"{len(table.peers)} peer entries exceed the datapath's {self.peer_entries}"
+            )
+        if len(table.ports) > self.port_entries:
+            raise LoweringError(
+                f"{len(table.ports)} port entries exceed the datapath's {self.port_entries}"
+            )
+        return table
+
+
+DEFAULT_LIMITS = TableLimits()
 
 
 @dataclass(frozen=True)
@@ -121,6 +151,8 @@ class LoweredInterface:
     ingress: LoweredTable
     egress: LoweredTable
     errors: tuple[str, ...] = ()  # lowering failures (the direction is then deny-all)
+    # The directions ("ingress", "egress") that failed so, each with its reason.
+    failed: Mapping[str, str] = field(default_factory=dict)
 
     def digest(self) -> str:
         cached: str | None = self.__dict__.get("_digest")
@@ -147,7 +179,11 @@ def deny_all(always_pass: tuple[str, ...]) -> LoweredTable:
     return LoweredTable(True, {}, {}, 0, 0, always_pass)
 
 
-def lower(table: DirectionTable, previous: LoweredTable | None = None) -> LoweredTable:
+def lower(
+    table: DirectionTable,
+    previous: LoweredTable | None = None,
+    limits: TableLimits = DEFAULT_LIMITS,
+) -> LoweredTable:
     """``previous``: this direction's last lowering, when the change from it
     is only single addresses entering or leaving classes (pods coming and
     going) the work is proportional to them, not to the table."""
@@ -158,15 +194,16 @@ def lower(table: DirectionTable, previous: LoweredTable | None = None) -> Lowere
     if previous is not None:
         again = _relower(table, previous)
         if again is not None:
-            return again
+            return limits.check(again)
     # Group again by port set so a hand-built table lowers like a compiled one.
     groups: dict[PortSet, set[Block]] = defaultdict(set)
     for cls in table.classes:
         if cls.peers:
             groups[cls.ports].update(cls.peers)
-    if len(groups) > MAX_CLASSES:
+    max_classes = min(limits.classes, MAX_CLASSES)
+    if len(groups) > max_classes:
         raise LoweringError(
-            f"{len(groups)} distinct port sets exceed the datapath's {MAX_CLASSES} classes"
+            f"{len(groups)} distinct port sets exceed the datapath's {max_classes} classes"
         )
     ordered = sorted(groups.items(), key=lambda kv: port_set_key(kv[0]))
     static: dict[tuple[int, int, int], list[tuple[int, int]]] = defaultdict(list)
@@ -196,8 +233,17 @@ def lower(table: DirectionTable, previous: LoweredTable | None = None) -> Lowere
     }
     ports_map = _prefix_close(port_deltas, lambda _proto: PORT_BITS)
     basis = _Basis(table, dict(static), _class_bits(table)) if _regular(table) else None
-    return LoweredTable(
-        True, peers, ports_map, any_mask, len(ordered), table.always_pass, _peer_sum(peers), basis
+    return limits.check(
+        LoweredTable(
+            True,
+            peers,
+            ports_map,
+            any_mask,
+            len(ordered),
+            table.always_pass,
+            _peer_sum(peers),
+            basis,
+        )
     )
 
 
@@ -305,20 +351,24 @@ def _peer_sum(peers: Mapping[PeerKey, int]) -> int:
 
 
 def lower_interface(
-    tables: InterfaceTables, previous: LoweredInterface | None = None
+    tables: InterfaceTables,
+    previous: LoweredInterface | None = None,
+    limits: TableLimits = DEFAULT_LIMITS,
 ) -> LoweredInterface:
     """Both directions; a direction that cannot be lowered becomes deny-all.
     ``previous``: the interface's last lowering (see ``lower``)."""
     lowered: list[LoweredTable] = []
     errors: list[str] = []
+    failed: dict[str, str] = {}
     for name, table in (("ingress", tables.ingress), ("egress", tables.egress)):
         before = None if previous is None else getattr(previous, name)
         try:
-            lowered.append(lower(table, before))
+            lowered.append(lower(table, before, limits))
         except LoweringError as exc:
             errors.append(f"{name}: {exc.message}; failing closed")
+            failed[name] = exc.message
             lowered.append(deny_all(table.always_pass))
-    return LoweredInterface(lowered[0], lowered[1], tuple(errors))
+    return LoweredInterface(lowered[0], lowered[1], tuple(errors), failed)
 
 
 def _add_block(

@@ -54,6 +54,7 @@ __all__ = [
     "parse_object",
     "parse_pod",
     "kind_of",
+    "network_status_errors",
     "parse_policy",
 ]
 
@@ -63,6 +64,14 @@ NETWORK_STATUS = "k8s.v1.cni.cncf.io/network-status"
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 # Pods in these phases are gone for good; their IPs may already be reused.
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+# Bounds on a pod's network-status: Multus writes a few hundred bytes per
+# network, so these leave room for any real pod while capping what one
+# hostile annotation costs every node that follows the cluster.
+MAX_NETWORK_STATUS_BYTES = 64 * 1024
+MAX_NETWORK_STATUS_ENTRIES = 64
+MAX_NETWORK_STATUS_IPS = 64
+_STATUS_PATH = f"metadata.annotations[{NETWORK_STATUS}]"
+_STATUS_NOT_STRING = f"metadata.annotations.{NETWORK_STATUS}: "  # string_map's path
 
 
 @dataclass(frozen=True)
@@ -240,12 +249,17 @@ def _network_status(
 ) -> tuple[NetworkStatusEntry, ...]:
     """Parse Multus's network-status annotation (docs/contracts.md#multus).
 
-    A malformed annotation yields no entries: the pod then contributes no peer
-    IPs, which can only narrow what policies allow.
+    Problems are recorded and bad entries skipped; the engine then trusts
+    none of the annotation and keeps the pod's last valid networks (or none),
+    see ``PolicyEngine._keep_networks``. Oversized input is rejected before
+    it is parsed.
     """
     if value is None:
         return ()
-    path = f"metadata.annotations[{NETWORK_STATUS}]"
+    path = _STATUS_PATH
+    if len(value) > MAX_NETWORK_STATUS_BYTES:
+        issues.add(path, f"longer than {MAX_NETWORK_STATUS_BYTES} characters")
+        return ()
     try:
         entries = json.loads(value)
     except ValueError as exc:
@@ -253,6 +267,9 @@ def _network_status(
         return ()
     if not isinstance(entries, list):
         issues.add(path, f"must be a JSON list, got {type_name(entries)}")
+        return ()
+    if len(entries) > MAX_NETWORK_STATUS_ENTRIES:
+        issues.add(path, f"{len(entries)} entries, more than {MAX_NETWORK_STATUS_ENTRIES}")
         return ()
     out: list[NetworkStatusEntry] = []
     for i, raw in enumerate(entries):
@@ -262,6 +279,14 @@ def _network_status(
         if entry is not None and not entry.default:
             out.append(entry)
     return tuple(out)
+
+
+def network_status_errors(pod: Pod) -> tuple[str, ...]:
+    """The pod's problems that are in its network-status annotation (the
+    engine keeps the pod's last good networks while there are any)."""
+    if not pod.errors:
+        return ()
+    return tuple(e for e in pod.errors if _STATUS_PATH in e or _STATUS_NOT_STRING in e)
 
 
 def _status_entry(
@@ -283,7 +308,11 @@ def _status_entry(
             return None
         key = name  # the cluster network's conf name need not be a NAD name
     ips: list[IPAddress] = []
-    for j, ip in enumerate(as_list(entry.get("ips"), issues, f"{path}.ips") or []):
+    raw_ips = as_list(entry.get("ips"), issues, f"{path}.ips") or []
+    if len(raw_ips) > MAX_NETWORK_STATUS_IPS:
+        issues.add(f"{path}.ips", f"{len(raw_ips)} addresses, more than {MAX_NETWORK_STATUS_IPS}")
+        raw_ips = []
+    for j, ip in enumerate(raw_ips):
         addr = _parse_ip(ip)
         if addr is None:
             issues.add(f"{path}.ips[{j}]", f"{ip!r} is not an IP address")

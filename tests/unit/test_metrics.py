@@ -137,7 +137,7 @@ def test_policy_counters_whole_or_nothing_and_never_backwards() -> None:
         ("prod", "a", "prod/net", "net1", key1, {"ingress": 3, "egress": 3}, 1000.0),
         ("prod", "b", "prod/net", "net1", key2, {"ingress": 1}, 1001.0),
     ]
-    enforcer = SimpleNamespace(datapath=dp, policed=lambda: rows)
+    enforcer = SimpleNamespace(datapath=dp, policed=lambda: rows, malformed=lambda: ({}, {}))
     metrics = Metrics()
     metrics.add_collector(PolicyCollector(lambda: cast(PolicyEnforcer, enforcer)))
 
