@@ -636,7 +636,9 @@ class AttachService:
                 with self.locks.hold(
                     f"vf:{att.device}" if att.device else "vf:-", f"att:{att.key}"
                 ):
-                    self._release(att)
+                    current = self._current(att)
+                    if current is not None:
+                        self._release(current)
             except (CniError, NicwardenError) as e:  # keep going, report at the end
                 errors.append(f"{att.container_id}/{att.ifname}: {e}")
         if _owns_ipam(req):
@@ -652,25 +654,30 @@ class AttachService:
         """Finish what a crash interrupted and free VFs whose pods vanished.
         Returns a line per action taken (logged and shown by the CLI)."""
         done = []
-        for att in self.ctx.store.list_attachments():
-            reason = None
-            if att.state in ("adding", "deleting"):
-                reason = f"half-done {att.state.removesuffix('ing')}"
-            elif not netns_alive(att.netns):
-                reason = "pod netns gone without DEL"
-            if reason is None:
+        for listed in self.ctx.store.list_attachments():
+            if _why_stale(listed) is None:
                 continue
             try:
                 with self.locks.hold(
-                    f"vf:{att.device}" if att.device else "vf:-", f"att:{att.key}"
+                    f"vf:{listed.device}" if listed.device else "vf:-", f"att:{listed.key}"
                 ):
+                    # Judged again under the locks: the ADD or DEL that held
+                    # them may have finished what looked half-done.
+                    att = self._current(listed)
+                    reason = None if att is None else _why_stale(att)
+                    if att is None or reason is None:
+                        continue
                     self._release(att)
-                done.append(f"released {att.container_id}/{att.ifname} ({reason})")
+                done.append(f"released {listed.container_id}/{listed.ifname} ({reason})")
             except (CniError, NicwardenError) as e:
-                done.append(f"could not release {att.container_id}/{att.ifname}: {e}")
+                done.append(f"could not release {listed.container_id}/{listed.ifname}: {e}")
         for line in done:
             log.info("reconcile", extra={"action": line})
         return done
+
+    def _current(self, att: Attachment) -> Attachment | None:
+        """The attachment as the store has it now (None when gone)."""
+        return self.ctx.store.get_attachment(att.container_id, att.ifname, att.network)
 
     def _notify(self, hooks: list[PolicyHook], key: AttachmentKey) -> None:
         att = self.ctx.store.get_attachment(key.container_id, key.ifname, key.network)
@@ -681,6 +688,15 @@ class AttachService:
                 hook(att)
             except Exception:
                 log.exception("attachment hook failed")
+
+
+def _why_stale(att: Attachment) -> str | None:
+    """Why the periodic reconcile should undo ``att``, if it should."""
+    if att.state in ("adding", "deleting"):
+        return f"half-done {att.state.removesuffix('ing')}"
+    if not netns_alive(att.netns):
+        return "pod netns gone without DEL"
+    return None
 
 
 def _refuse_netns(netns: str) -> None:

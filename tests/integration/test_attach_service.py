@@ -286,6 +286,56 @@ class PartialVfConfigurator:
         self.real.set(pf_ifname, vf, settings)
 
 
+class PausingNetlink(Netlink):
+    """The real Netlink, pausing an ADD after the VF reached the pod (the
+    attachment row says "adding" and the ADD holds the VF's lock)."""
+
+    pod_netns = ""
+    reached = threading.Event()
+    go_on = threading.Event()
+
+    def add_address(self, name: str, cidr: str) -> None:
+        if self.netns == self.pod_netns:
+            self.reached.set()
+            assert self.go_on.wait(10)
+        super().add_address(name, cidr)
+
+
+def test_periodic_reconcile_during_an_add_leaves_it_alone(
+    rig: Rig, netns: Callable[[], str]
+) -> None:
+    """The reconcile lists attachments, sees an ADD half-done, and waits for
+    the VF's lock; once it has it, the ADD is complete and must stay."""
+    ns = netns()
+    nl = type(
+        "Pausing",
+        (PausingNetlink,),
+        {
+            "pod_netns": f"/var/run/netns/{ns}",
+            "reached": threading.Event(),
+            "go_on": threading.Event(),
+        },
+    )
+    svc = rig.service(netlink=nl)
+    added: list[object] = []
+    adder = threading.Thread(target=lambda: added.append(svc.add(rig.request("ADD", "c-busy", ns))))
+    adder.start()
+    assert nl.reached.wait(10)
+    (att,) = rig.store.list_attachments()
+    assert att.state == "adding"
+    actions: list[list[str]] = []
+    reconciler = threading.Thread(target=lambda: actions.append(svc.reconcile()))
+    reconciler.start()
+    reconciler.join(0.5)  # it waits for the VF's lock the ADD holds
+    nl.go_on.set()
+    adder.join(10)
+    reconciler.join(10)
+    assert added and actions == [[]]
+    (att,) = rig.store.list_attachments()
+    assert att.state == "ready"
+    assert set(ns_links(ns)) == {"net1"} and host_link(rig.vf_name) is None
+
+
 def fail_add(rig: Rig, svc: AttachService, req: CniRequest) -> Exception:
     with pytest.raises(Exception) as info:
         svc.add(req)
