@@ -9,7 +9,8 @@ managedFields, env, volumes and conditions a real pod carries) in N/20
 namespaces, N/100 NADs and N/50 MultiNetworkPolicies, served by the in-repo
 API server in its own process. Each variant runs in a fresh process: an
 ApiSource feeding a PolicyEngine (no local targets) and a dict of the
-delivered pods, as PolicyEnforcer keeps them (the "no engine" variants leave
+delivered pods' names (PolicyEnforcer keeps objects only of pods attached on its
+node, none here; the "no engine" variants leave
 the engine out, to show the source's own share). Printed per variant: wall time
 to synced, the agent's CPU time, its RSS after sync and the RSS the sync
 added. ``--compare-with`` also runs the full-object path of another checkout
@@ -225,16 +226,16 @@ def agent(kubeconfig: str, metadata_only: bool, freeze: bool, engine_on: bool) -
     kwargs: dict[str, Any] = {"pod_metadata_only": True} if metadata_only else {}
     source = ApiSource(client, "bench", **kwargs)
     engine = PolicyEngine()
-    pods: dict[tuple[str, str], Any] = {}
+    pods: set[tuple[str, str]] = set()
 
     def sink(event: Event) -> None:
         if event.kind == "Pod":
             meta = event.obj["metadata"]
             ident = (meta.get("namespace", ""), meta["name"])
             if str(event.action) == "delete":
-                pods.pop(ident, None)
+                pods.discard(ident)
             else:
-                pods[ident] = dict(event.obj)  # as PolicyEnforcer keeps them
+                pods.add(ident)
         if engine_on:
             engine.apply(event)
 
