@@ -37,7 +37,7 @@ from nicwarden.agent.policy import (
     PolicyEngine,
 )
 from nicwarden.agent.policy.pod_record import pod_object
-from nicwarden.agent.policy_feed import PolicyFeed
+from nicwarden.agent.policy_feed import PolicyFeed, Priority
 from nicwarden.agent.store import Attachment, AttachmentKey, Store
 from nicwarden.bpf.layout import IfaceKey
 
@@ -153,8 +153,7 @@ class PolicyEnforcer:
         # CNI calls waiting for (or holding) the lock: the feed's worker lets
         # them go first. Python's locks are not fair, and a worker that takes
         # the lock again straight after releasing it would starve them.
-        self._turn = threading.Condition(threading.Lock())
-        self._cni_waiting = 0
+        self._cni = Priority(max_wait_s=None)
         self._locals: dict[InterfaceKey, _Local] = {}
         # Pods with attachments here, as the source gave them (merged again
         # when an attachment comes or goes); any other pod is rebuilt from
@@ -244,25 +243,15 @@ class PolicyEnforcer:
     def on_events(self, events: Sequence[Event]) -> None:
         """A batch from the policy feed, under one hold of the lock, after
         any CNI call that is waiting for it."""
-        with self._turn:
-            while self._cni_waiting:
-                self._turn.wait()
+        self._cni.wait_idle()
         with self._lock:
             for event in events:
                 self.on_event(event)
 
     @contextmanager
     def _cni_turn(self) -> Iterator[None]:
-        with self._turn:
-            self._cni_waiting += 1
-        try:
-            with self._lock:
-                yield
-        finally:
-            with self._turn:
-                self._cni_waiting -= 1
-                if not self._cni_waiting:
-                    self._turn.notify_all()
+        with self._cni.running(), self._lock:
+            yield
 
     def on_attach(self, att: Attachment) -> None:
         with self._cni_turn():

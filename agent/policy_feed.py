@@ -92,9 +92,13 @@ class Priority:
     The call that gives up always returns, so even a thread that gets no
     CPU in a pass moves one item per ``max_wait_s``."""
 
-    def __init__(self, max_wait_s: float = DEFAULT_YIELD_S, pass_s: float = DEFAULT_PASS_S) -> None:
-        if max_wait_s < 0 or pass_s <= 0:
-            raise ValueError("need max_wait_s >= 0 and pass_s > 0")
+    def __init__(
+        self, max_wait_s: float | None = DEFAULT_YIELD_S, pass_s: float = DEFAULT_PASS_S
+    ) -> None:
+        """``max_wait_s=None``: wait as long as priority work runs (for work
+        that must never overtake it, not for a source that must not starve)."""
+        if (max_wait_s is not None and max_wait_s < 0) or pass_s <= 0:
+            raise ValueError("need max_wait_s >= 0 (or None) and pass_s > 0")
         self.max_wait_s = max_wait_s
         self.pass_s = pass_s
         self._cond = threading.Condition(threading.Lock())
@@ -103,6 +107,11 @@ class Priority:
         self.waits = 0  # wait_idle calls that found priority work running
         self.passes = 0  # of them, those that gave up waiting
         self.waited_s = 0.0
+
+    @property
+    def active(self) -> int:
+        """Priority calls running (or waiting for their locks) now."""
+        return self._running
 
     @contextmanager
     def running(self) -> Iterator[None]:
@@ -128,6 +137,12 @@ class Priority:
             if now < self._pass_until:
                 return
             self.waits += 1
+            if self.max_wait_s is None:
+                try:
+                    self._cond.wait_for(lambda: not self._running)
+                finally:
+                    self.waited_s += time.monotonic() - now
+                return
             deadline = now + self.max_wait_s
             try:
                 while self._running:

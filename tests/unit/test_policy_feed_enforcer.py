@@ -100,7 +100,7 @@ def test_a_waiting_cni_call_goes_before_the_next_batch(store: Store) -> None:
         with enforcer._lock:  # a batch in progress
             cni = threading.Thread(target=enforcer.on_attach, args=(att,))
             cni.start()
-            wait_for(lambda: enforcer._cni_waiting == 1, "the CNI call to wait")
+            wait_for(lambda: enforcer._cni.active == 1, "the CNI call to wait")
             source.deliver(Action.ADD, *cluster())  # the next batch
             wait_for(lambda: not feed._slots, "the worker to take its batch")
             time.sleep(0.1)
