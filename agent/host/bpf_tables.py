@@ -158,14 +158,15 @@ class Tables:
                 return int(cur.gen)
             delta = peer_delta(act.table, table) if cur.epoch < MAX_EPOCH else None
             if delta is not None:
-                self._write_delta(iface, direction, cur, act, table, delta, where)
+                self._write_delta(iface, direction, cfg_key, cur, act, table, delta, where)
                 return int(cur.gen)
-        return self._switch(iface, direction, cur, table, flags, where)
+        return self._switch(iface, direction, cfg_key, cur, table, flags, where)
 
     def _write_delta(
         self,
         iface: IfaceKey,
         direction: Direction,
+        cfg_key: L.CfgKey,
         cur: L.CfgVal,
         act: Active,
         table: LoweredLike,
@@ -193,7 +194,7 @@ class Tables:
             # new epoch is re-checked against entries already in place.
             epoch = cur.epoch + 1
             cur.epoch = epoch
-            self.maps.cfg.update(L.CfgKey(iface=iface.id, dir=direction), cur)
+            self.maps.cfg.update(cfg_key, cur)
         except OSError as e:
             # Each address still gets its old answer or its new one; what the
             # table holds as a whole is no longer known, so the next write
@@ -207,6 +208,7 @@ class Tables:
         self,
         iface: IfaceKey,
         direction: Direction,
+        cfg_key: L.CfgKey,
         cur: L.CfgVal | None,
         table: LoweredLike,
         flags: int,
@@ -231,7 +233,7 @@ class Tables:
                 self.maps.ports.update(qk, qv)
                 ports_done.append(qk)
             self.maps.cfg.update(
-                L.CfgKey(iface=iface.id, dir=direction),
+                cfg_key,
                 L.CfgVal(
                     any_proto_mask=any_mask,
                     gen=gen,
