@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
 import statistics
 import subprocess
 import time
@@ -23,22 +22,7 @@ from typing import Any
 from nicwarden.agent.host.bpf import PolicyDatapath
 from nicwarden.agent.policy import Action, Event, PolicedInterface, PolicyEngine
 from nicwarden.bpf.layout import Direction
-
-
-def _pod(name: str, labels: dict[str, str], ip: str) -> dict[str, Any]:
-    status = [{"name": "prod/net", "interface": "net1", "ips": [ip]}]
-    return {
-        "kind": "Pod",
-        "apiVersion": "v1",
-        "metadata": {
-            "name": name,
-            "namespace": "prod",
-            "labels": labels,
-            "uid": f"u-{name}",
-            "annotations": {"k8s.v1.cni.cncf.io/network-status": json.dumps(status)},
-        },
-        "spec": {"containers": [{"name": "c"}]},
-    }
+from tests.support.policy_objects import pod, policy
 
 
 def _policy(cidrs: int) -> dict[str, Any]:
@@ -46,15 +30,9 @@ def _policy(cidrs: int) -> dict[str, Any]:
         {"ipBlock": {"cidr": f"{ipaddress.IPv4Address((11 << 24) + i * 256)}/24"}}
         for i in range(cidrs)
     ]
-    return {
-        "kind": "MultiNetworkPolicy",
-        "apiVersion": "k8s.cni.cncf.io/v1beta1",
-        "metadata": {
-            "name": "big",
-            "namespace": "prod",
-            "annotations": {"k8s.v1.cni.cncf.io/policy-for": "net"},
-        },
-        "spec": {
+    return policy(
+        "big",
+        {
             "podSelector": {"matchLabels": {"app": "db"}},
             "ingress": [
                 {
@@ -63,7 +41,7 @@ def _policy(cidrs: int) -> dict[str, Any]:
                 }
             ],
         },
-    }
+    )
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -93,7 +71,7 @@ def main() -> None:
         engine = PolicyEngine()
         for obj in (
             {"kind": "Namespace", "apiVersion": "v1", "metadata": {"name": "prod"}},
-            _pod("db", {"app": "db"}, "10.56.0.2"),
+            pod("db", {"app": "db"}, "10.56.0.2"),
         ):
             engine.apply(Event(Action.ADD, obj))
         engine.set_targets([target])
@@ -107,7 +85,7 @@ def main() -> None:
         print(f"{args.cidrs:,}-CIDR policy, manifest to kernel: {manifest_s * 1000:.0f} ms")
         print(f"  peer entries: {len(lowered.ingress.peers):,}")
 
-        peer = _pod("client", {"role": "client"}, "10.57.0.9")
+        peer = pod("client", {"role": "client"}, "10.57.0.9")
         results: dict[str, dict[str, list[float]]] = {}
         for mode in ("in place", "switch"):
             engine_ms: list[float] = []

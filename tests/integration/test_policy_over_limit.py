@@ -5,7 +5,6 @@ lowering, real pinned maps, real traffic between network namespaces."""
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,6 +15,7 @@ from nicwarden.agent.policy import Action, Event, PolicedInterface, PolicyEngine
 from nicwarden.bpf.layout import Direction, IfaceKey, LoweredDirection
 from tests.integration.test_bpf_datapath import Pair, make_pair
 from tests.support.oracle import unique
+from tests.support.policy_objects import pod, policy
 from tests.support.traffic import Servers, tcp_ok
 
 pytestmark = pytest.mark.root
@@ -23,34 +23,6 @@ pytestmark = pytest.mark.root
 NET = "prod/net"
 DB_IP, DB_CLIENT, DB_STRANGER = "10.77.0.1", "10.77.0.2", "10.77.0.3"
 WEB_IP, WEB_CLIENT, WEB_STRANGER = "10.78.0.1", "10.78.0.2", "10.78.0.3"
-
-
-def pod(name: str, labels: dict[str, str], ip: str) -> dict[str, Any]:
-    status = [{"name": NET, "interface": "net1", "ips": [ip]}]
-    return {
-        "kind": "Pod",
-        "apiVersion": "v1",
-        "metadata": {
-            "name": name,
-            "namespace": "prod",
-            "uid": f"u-{name}",
-            "labels": labels,
-            "annotations": {"k8s.v1.cni.cncf.io/network-status": json.dumps(status)},
-        },
-    }
-
-
-def policy(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "kind": "MultiNetworkPolicy",
-        "apiVersion": "k8s.cni.cncf.io/v1beta1",
-        "metadata": {
-            "name": name,
-            "namespace": "prod",
-            "annotations": {"k8s.v1.cni.cncf.io/policy-for": "net"},
-        },
-        "spec": spec,
-    }
 
 
 def from_clients(app: str) -> dict[str, Any]:

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import random
 import socket
 import threading
@@ -26,6 +25,7 @@ from nicwarden.agent.policy import Action, Event, PolicedInterface, PolicyEngine
 from nicwarden.bpf.layout import Direction, IfaceKey, LoweredDirection, PeerEntry
 from tests.integration.test_bpf_datapath import Pair, make_pair
 from tests.support.oracle import run
+from tests.support.policy_objects import pod, policy
 from tests.support.traffic import Servers, echo, in_netns, tcp_connect, tcp_ok
 
 pytestmark = pytest.mark.root
@@ -99,32 +99,10 @@ def test_in_place_removal_cuts_the_removed_peers_flow_only(
 # -- hundreds of engine-compiled changes equal a fresh compile ------------------------
 
 
-def _pod(name: str, labels: dict[str, str], ip: str) -> dict[str, Any]:
-    status = [{"name": "prod/net", "interface": "net1", "ips": [ip]}]
-    return {
-        "kind": "Pod",
-        "apiVersion": "v1",
-        "metadata": {
-            "name": name,
-            "namespace": "prod",
-            "labels": labels,
-            "uid": f"u-{name}",
-            "annotations": {"k8s.v1.cni.cncf.io/network-status": json.dumps(status)},
-        },
-        "spec": {"containers": [{"name": "c"}]},
-    }
-
-
 def _policy(ports: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "kind": "MultiNetworkPolicy",
-        "apiVersion": "k8s.cni.cncf.io/v1beta1",
-        "metadata": {
-            "name": "clients",
-            "namespace": "prod",
-            "annotations": {"k8s.v1.cni.cncf.io/policy-for": "net"},
-        },
-        "spec": {
+    return policy(
+        "clients",
+        {
             "podSelector": {"matchLabels": {"app": "db"}},
             "ingress": [
                 {
@@ -136,7 +114,7 @@ def _policy(ports: list[dict[str, Any]]) -> dict[str, Any]:
                 }
             ],
         },
-    }
+    )
 
 
 def _engine(objects: list[dict[str, Any]], target: PolicedInterface) -> PolicyEngine:
@@ -159,7 +137,7 @@ def test_random_peer_changes_leave_the_maps_equal_to_a_fresh_compile(
     )
     fixed = [
         {"kind": "Namespace", "apiVersion": "v1", "metadata": {"name": "prod"}},
-        _pod("db", {"app": "db"}, "10.56.0.2"),
+        pod("db", {"app": "db"}, "10.56.0.2"),
     ]
     ports: list[dict[str, Any]] = [{"protocol": "TCP", "port": 80}]
     engine = _engine([*fixed, _policy(ports)], target)
@@ -189,7 +167,7 @@ def test_random_peer_changes_leave_the_maps_equal_to_a_fresh_compile(
             obj, action = pods.pop(name), Action.DELETE
         else:
             role = "client" if rnd.random() < 0.7 else "other"
-            obj = pods[name] = _pod(name, {"role": role}, random_ip())
+            obj = pods[name] = pod(name, {"role": role}, random_ip())
             action = Action.UPDATE
         engine.apply(Event(action, obj))
         lowered = engine.lowered(target.key)
