@@ -56,10 +56,11 @@ class Ledger:
         with self._lock:
             return {k: v for k, v in self._delivered.items() if k[0] == kind}
 
-    def upsert(self, key: ObjectKey, obj: Mapping[str, Any]) -> bool:
+    def upsert(self, key: ObjectKey, obj: Mapping[str, Any], known: bytes | None = None) -> bool:
         """Deliver ADD or UPDATE unless the consumer already has exactly this
-        (its resourceVersion aside)."""
-        new = digest(obj)
+        (its resourceVersion aside). ``known`` is ``digest(obj)`` when the
+        caller has it already (the list parser computes it)."""
+        new = digest(obj) if known is None else known
         with self._lock:
             old = self._delivered.get(key)
             if old == new:
@@ -86,28 +87,20 @@ class Ledger:
         self, kinds: Collection[str], objects: Mapping[ObjectKey, Mapping[str, Any]]
     ) -> int:
         """Make the delivered state of ``kinds`` equal ``objects``; returns the
-        number of events delivered.
-
-        Upserts go before deletes: when a policy is renamed, deleting first
-        would leave a moment where nothing isolates its pods (fail open);
-        adding first only briefly unions two policies' allows.
-        """
-        count = 0
-        pause = self._pause
+        number of events delivered."""
         with self._lock:
-            for key in _sorted(objects, pause):
-                pause()
-                count += self.upsert(key, objects[key])
-            gone = []
-            for i, key in enumerate(self._delivered):
-                if not i & 1023:
-                    pause()
-                if key[0] in kinds and key not in objects:
-                    gone.append(key)
-            for key in sorted(gone, key=_order):
-                pause()
-                count += self.remove(key)
-        return count
+            relist = self.relist(kinds)
+            for key in _sorted(objects, self._pause):
+                relist.put(key, objects[key])
+            return relist.finish()
+
+    def relist(self, kinds: Collection[str]) -> Relist:
+        """A replacement of the delivered state of ``kinds`` that arrives in
+        pieces (the pages of a list): each object is delivered as it comes,
+        and ``finish`` delivers DELETE for what the whole list did not hold.
+        A relist never finished (the list failed half-way) deletes nothing:
+        what it delivered are true states, only possibly not the latest."""
+        return Relist(self, kinds)
 
     def _emit(self, action: Action, key: ObjectKey, obj: Mapping[str, Any]) -> None:
         sink = self._sink
@@ -120,6 +113,43 @@ class Ledger:
             # object; the event is considered delivered (re-sending it would
             # most likely fail the same way forever).
             log.exception("object sink failed", extra={"action": str(action), "object": key})
+
+
+class Relist:
+    """See ``Ledger.relist``. Upserts go before deletes: when a policy is
+    renamed, deleting first would leave a moment where nothing isolates its
+    pods (fail open); adding first only briefly unions two policies' allows.
+    """
+
+    def __init__(self, ledger: Ledger, kinds: Collection[str]) -> None:
+        self._ledger = ledger
+        self._kinds = frozenset(kinds)
+        self._seen: set[ObjectKey] = set()
+        self.count = 0  # events delivered
+        self.listed = 0  # objects the relist held
+
+    def put(self, key: ObjectKey, obj: Mapping[str, Any], known: bytes | None = None) -> None:
+        self._ledger._pause()
+        self._seen.add(key)
+        self.listed = len(self._seen)
+        self.count += self._ledger.upsert(key, obj, known)
+
+    def finish(self) -> int:
+        """Deliver DELETE for the objects of ``kinds`` the relist did not
+        hold; returns the number of events the whole relist delivered."""
+        ledger, pause, seen, kinds = self._ledger, self._ledger._pause, self._seen, self._kinds
+        with ledger._lock:
+            gone = []
+            for i, key in enumerate(ledger._delivered):
+                if not i & 1023:
+                    pause()
+                if key[0] in kinds and key not in seen:
+                    gone.append(key)
+            for key in sorted(gone, key=_order):
+                pause()
+                self.count += ledger.remove(key)
+        self._seen = set()
+        return self.count
 
 
 def _sorted(keys: Collection[ObjectKey], pause: Callable[[], None]) -> list[ObjectKey]:

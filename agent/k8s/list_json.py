@@ -91,3 +91,43 @@ def _end(text: str, idx: int, out: dict[str, Any]) -> dict[str, Any]:
     if idx != len(text):
         raise json.JSONDecodeError("Extra data", text, idx)
     return out
+
+
+# The list's own metadata (resourceVersion, continue) is a few hundred bytes.
+_HEAD_BYTES = 64 << 10
+
+
+def list_head(data: bytes) -> dict[str, Any] | None:
+    """The top-level members of a list page that come before ``items``, if
+    ``metadata`` is among them (the API server writes kind, apiVersion and
+    metadata first), read from the page's first bytes only; else None.
+
+    Lets a reader ask for the next page while the items of this one are
+    still being parsed elsewhere. None means "parse the page to know".
+    """
+    try:
+        text = data[:_HEAD_BYTES].decode("utf-8", "ignore")
+    except (AttributeError, TypeError):
+        return None
+    idx = _skip(text, 0)
+    if not text.startswith("{", idx):
+        return None
+    out: dict[str, Any] = {}
+    idx = _skip(text, idx + 1)
+    try:
+        while text.startswith('"', idx):
+            key, idx = _DECODER.raw_decode(text, idx)
+            idx = _skip(text, idx)
+            if not text.startswith(":", idx):
+                return None
+            idx = _skip(text, idx + 1)
+            if key == "items":
+                break
+            out[key], idx = _value(text, idx)
+            idx = _skip(text, idx)
+            if not text.startswith(",", idx):
+                return None
+            idx = _skip(text, idx + 1)
+    except ValueError:
+        return None
+    return out if isinstance(out.get("metadata"), dict) else None

@@ -27,10 +27,11 @@ from typing import Any
 from nicwarden.agent.backoff import Backoff, BackoffPolicy
 
 from ._kube import ApiException
-from .kinds import ObjectKey, ResourceType, object_key
+from .kinds import ObjectKey, ResourceType
 from .ledger import Ledger
-from .list_json import load_list
-from .project import PROJECTIONS
+from .list_json import list_head
+from .list_parse import normalise
+from .list_worker import page_parser
 from .source import SourceProblem
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,6 @@ MAX_EVENT_BYTES = 16 << 20
 
 # What client-go's metadata client asks for (JSON only: no protobuf here).
 # The trailing plain type lets a server that cannot convert answer anyway.
-PARTIAL_KIND = "PartialObjectMetadata"
 LIST_METADATA = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 WATCH_METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
 
@@ -97,7 +97,6 @@ class Reflector:
         self._backoff = Backoff(settings.backoff)
         self._lock = threading.Lock()
         self._response: Any = None  # the open watch's urllib3 response, if any
-        self._project = PROJECTIONS[resource.kind]
         # None: ask for metadata-only objects and see what the server sends;
         # then True (it serves them) or False (it sent full objects).
         self._partial: bool | None = None if metadata_only else False
@@ -175,71 +174,81 @@ class Reflector:
     # -- list -------------------------------------------------------------
 
     def _list(self) -> str:
-        objects: dict[ObjectKey, Mapping[str, Any]] = {}
+        """List every page and deliver it; returns the list's resourceVersion.
+
+        Pages are parsed by a child (``list_worker``) while this thread asks
+        for the next page (its continue token is read from the page's first
+        bytes) and delivers the previous one, so the server, the parser and
+        the policy engine work at the same time.
+        """
         version: str | None = None
-        token: str | None = None
-        timeout = self._settings.request_timeout
-        asked = self._partial is not False
-        kwargs: dict[str, Any] = {}
-        if asked:
-            kwargs["_headers"] = {"Accept": LIST_METADATA}
-        if self._field_selector:
-            kwargs["field_selector"] = self._field_selector
-        while True:
-            response = self._call(
-                *self._args,
-                limit=self._settings.page_size,
-                _continue=token,
-                _preload_content=False,
-                _request_timeout=(timeout, timeout),
-                **kwargs,
-            )
-            try:
-                # The raw JSON, not the client's models: the models would be
-                # converted straight back to dicts, cost a deserialisation of
-                # every Pod, and reject objects a newer server sends with
-                # fields they do not know. Parsed an item at a time: one
-                # json.loads of a page holds the interpreter for tens of ms.
-                data = response.data
-            finally:
-                response.release_conn()
-            self._pause()
-            body = load_list(data, self._pause)
-            del data
-            if asked and self._partial is None:
-                self._decide(body.get("kind"))
-            meta = body.get("metadata") or {}
-            # Every page of a list is served from the first page's snapshot.
-            version = version or meta.get("resourceVersion")
-            for item in body.get("items") or []:
-                if not isinstance(item, dict):
-                    continue  # nameless, so untrackable, like an object without a name
-                key, obj = self._normalise(item)
-                if key is not None:
-                    objects[key] = obj
-                self._pause()
-            del body
-            # What this page kept lives as long as the agent: taking it out of
-            # the cyclic collector's sight keeps the next pages' collections
-            # from walking the whole cluster again and again.
-            gc.freeze()
-            token = meta.get("continue") or None
-            if token is None:
-                break
-            if self._stopping.is_set():
-                # Never replace the delivered state with a partial list: the
-                # objects on the pages not read would be delivered as DELETE.
-                raise InterruptedError("stopping")
-        if not isinstance(version, str) or not version:
-            raise ValueError(f"{self.resource.plural} list carries no resourceVersion")
-        delivered = self._ledger.replace((self.kind,), objects)
+        relist = self._ledger.relist((self.kind,))
+        with page_parser(self.resource, self._pause) as parser:
+            data: bytes | None = self._fetch(None)
+            parser.send(data)
+            while data is not None:
+                head = list_head(data)
+                del data
+                token = _token(head) if head is not None else None
+                following = self._fetch(token) if token is not None else None
+                page = parser.receive()
+                if head is None:  # the page had to be parsed to know
+                    token = page.continue_token or None
+                    following = self._fetch(token) if token is not None else None
+                if self._partial is None and self._asked:
+                    self._decide(page.list_kind)
+                # Every page of a list is served from the first page's snapshot.
+                version = version or page.resource_version
+                if not isinstance(version, str) or not version:
+                    raise ValueError(f"{self.resource.plural} list carries no resourceVersion")
+                if following is not None:
+                    parser.send(following)  # parsed while this page is delivered
+                data = following
+                for key, known, obj in page.items:
+                    relist.put(key, obj, known)
+                del page, following
+                # What this page kept lives as long as the agent: taking it out of
+                # the cyclic collector's sight keeps the next pages' collections
+                # from walking the whole cluster again and again.
+                gc.freeze()
+                if data is not None and self._stopping.is_set():
+                    # What the pages not read hold would be delivered as DELETE.
+                    raise InterruptedError("stopping")
+        delivered = relist.finish()
         log.info(
             "listed",
-            extra={"kind": self.kind, "objects": len(objects), "events": delivered, "rv": version},
+            extra={"kind": self.kind, "objects": relist.listed, "events": delivered, "rv": version},
         )
         self.synced.set()
         self._fresh_list = True
         return version
+
+    def _fetch(self, token: str | None) -> bytes:
+        """One page of the list, as the server sent it."""
+        timeout = self._settings.request_timeout
+        kwargs: dict[str, Any] = {}
+        if self._partial is not False:
+            kwargs["_headers"] = {"Accept": LIST_METADATA}
+        if self._field_selector:
+            kwargs["field_selector"] = self._field_selector
+        response = self._call(
+            *self._args,
+            limit=self._settings.page_size,
+            _continue=token,
+            _preload_content=False,
+            _request_timeout=(timeout, timeout),
+            **kwargs,
+        )
+        try:
+            # The raw JSON, not the client's models: the models would be
+            # converted straight back to dicts, cost a deserialisation of
+            # every Pod, and reject objects a newer server sends with
+            # fields they do not know.
+            data: bytes = response.data
+        finally:
+            response.release_conn()
+        self._pause()
+        return data
 
     # -- watch ------------------------------------------------------------
 
@@ -332,15 +341,7 @@ class Reflector:
     # -- helpers ----------------------------------------------------------
 
     def _normalise(self, raw: dict[str, Any]) -> tuple[ObjectKey | None, dict[str, Any]]:
-        # List items of built-in kinds come without kind/apiVersion, and
-        # metadata-only ones as PartialObjectMetadata: the projection names
-        # them, so objects look the same from a list, a watch or a manifest.
-        if raw.get("kind") in (None, PARTIAL_KIND):
-            raw["kind"] = self.kind
-            raw["apiVersion"] = self.resource.api_version
-        raw.setdefault("apiVersion", self.resource.api_version)
-        obj = self._project(raw)
-        return object_key(self.kind, obj), obj
+        return normalise(self.resource, raw)
 
     def _decide(self, list_kind: Any) -> None:
         self._partial = list_kind == "PartialObjectMetadataList"
@@ -369,6 +370,11 @@ class Reflector:
 
 def _never() -> None:
     pass
+
+
+def _token(head: Mapping[str, Any]) -> str | None:
+    token = head["metadata"].get("continue")
+    return token if isinstance(token, str) and token else None
 
 
 def _describe_error(exc: BaseException) -> str:

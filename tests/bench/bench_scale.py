@@ -81,8 +81,10 @@ def rss_mb(pid: int) -> float:
 
 
 def cpu_s(pid: int) -> float:
+    """The agent's CPU time, its finished children's included (the list
+    parser, the program build): utime + stime + cutime + cstime."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+    return sum(int(f) for f in fields[11:15]) / TICKS
 
 
 def settle(pid: int, quiet: float = 1.0, timeout: float = 300) -> float:
