@@ -5,6 +5,8 @@ that version is gone (410); back off with jitter on errors.
 
 Responses are parsed once, from the wire JSON, and each object is cut down
 to what the policy engine reads (``project.py``) before anything keeps it.
+List pages are parsed in a child process (``list_worker.py``), watch
+events here.
 A reflector may ask for metadata-only objects (``PartialObjectMetadata``,
 as client-go's metadata informers do); a server that answers with full
 objects instead is followed with full objects from then on.
@@ -184,8 +186,10 @@ class Reflector:
         version: str | None = None
         relist = self._ledger.relist((self.kind,))
         with page_parser(self.resource, self._pause) as parser:
-            data: bytes | None = self._fetch(None)
-            parser.send(data)
+            first = self._fetch(None)
+            parser.send(first)
+            data: bytes | None = first
+            del first
             while data is not None:
                 head = list_head(data)
                 del data
@@ -214,6 +218,8 @@ class Reflector:
                 if data is not None and self._stopping.is_set():
                     # What the pages not read hold would be delivered as DELETE.
                     raise InterruptedError("stopping")
+        if version is None:  # unreachable: every page checks it; for the type checker
+            raise ValueError(f"{self.resource.plural} list carries no resourceVersion")
         delivered = relist.finish()
         log.info(
             "listed",

@@ -200,7 +200,7 @@ class PolicyEngine:
 
     def status(self) -> list[ObjectStatus]:
         """Validation status of every object, sorted by (kind, key)."""
-        return [self._status[k] for k in sorted(self._status)]
+        return [self._status_at(k) for k in self._keys]
 
     def status_page(
         self,
@@ -231,7 +231,7 @@ class PolicyEngine:
                 if low is None or not after < low:
                     low, inclusive = after, False
             for k in index.irange(low, high, low_inclusive=inclusive):
-                out.append(self._status[k])
+                out.append(self._status_at(k))
                 if len(out) == limit:
                     return out
         return out
@@ -242,7 +242,8 @@ class PolicyEngine:
 
     def policy_status(self, key: str) -> ObjectStatus | None:
         """One MultiNetworkPolicy's status (``ns/name``), or None when absent."""
-        return self._status.get(("MultiNetworkPolicy", key))
+        k = ("MultiNetworkPolicy", key)
+        return self._status_at(k) if k in self._keys else None
 
     def malformed(self) -> dict[str, int]:
         """Objects currently malformed, by kind."""
@@ -264,21 +265,30 @@ class PolicyEngine:
 
     def _refresh_status(self, kind: str, key: str) -> None:
         obj = self.state.get(kind, key)
+        k = (kind, key)
         if obj is None:
-            self._status.pop((kind, key), None)
-            self._keys.discard((kind, key))
-            self._problems.discard((kind, key))
+            self._status.pop(k, None)
+            self._keys.discard(k)
+            self._problems.discard(k)
         else:
-            status = self._status[(kind, key)] = self._status_of(obj)
-            self._keys.add((kind, key))
+            status = self._status_of(obj)
+            self._keys.add(k)
             if status.ok and not status.warnings:
-                self._problems.discard((kind, key))
+                # Most objects (a cluster's pods) are fine: their status is
+                # made when asked for, not kept 100,000 times.
+                self._status.pop(k, None)
+                self._problems.discard(k)
             else:
-                self._problems.add((kind, key))
+                self._status[k] = status
+                self._problems.add(k)
         if kind == "NetworkAttachmentDefinition":
             # A NAD appearing or going makes policies naming it (in)effective.
             for policy in self.state.policies_for_network(key):
                 self._refresh_status("MultiNetworkPolicy", policy)
+
+    def _status_at(self, k: tuple[str, str]) -> ObjectStatus:
+        found = self._status.get(k)
+        return found if found is not None else ObjectStatus(k[0], k[1], True)
 
     def _status_of(self, obj: PolicyObject) -> ObjectStatus:
         warnings: tuple[str, ...] = ()

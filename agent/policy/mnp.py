@@ -290,7 +290,24 @@ def _known_peer(raw: object) -> Peer | None:
     return peer
 
 
+# {"cidr": ...} with no except, by its CIDR string: most blocks of a large
+# policy, looked up without building an argument tuple or an ABC check.
+_BARE_BLOCKS: dict[str, IPBlock] = {}
+_BARE_BLOCKS_MAX = 1 << 16
+
+
 def _known(raw: object) -> IPBlock | None:
+    if type(raw) is dict and len(raw) == 1:
+        cidr = raw.get("cidr")
+        if type(cidr) is str:
+            found = _BARE_BLOCKS.get(cidr)
+            if found is None and len(cidr) <= 64:
+                found = _known_ip_block(cidr, ())
+                if found is not None:
+                    if len(_BARE_BLOCKS) >= _BARE_BLOCKS_MAX:
+                        _BARE_BLOCKS.clear()
+                    _BARE_BLOCKS[cidr] = found
+            return found
     if not isinstance(raw, Mapping) or not raw.keys() <= _IPBLOCK_KEYS:
         return None
     cidr, excepts = raw.get("cidr"), raw.get("except")

@@ -8,6 +8,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_policy_helpers import ipb, mnp, nad, namespace, pod
 
 from nicwarden.agent.policy import LabelSelector, parse_object
@@ -563,3 +565,52 @@ def test_nad_parsing() -> None:
     )
     raw["spec"]["config"] = "[]"
     assert "must be a JSON object, got list" in parse_nad(raw).errors[0]
+
+
+def _ip_by_ipaddress(raw: object) -> object:
+    """What ``_parse_ip`` answered before its C fast path."""
+    if not isinstance(raw, str):
+        return None
+    try:
+        return ipaddress.ip_interface(raw).ip
+    except ValueError:
+        return None
+
+
+@given(
+    st.one_of(
+        st.text(alphabet="0123456789./:abcdef% x\x00\u0661", max_size=24),
+        st.tuples(*[st.integers(0, 300)] * 4).map(lambda t: ".".join(map(str, t))),
+        st.tuples(*[st.integers(0, 255)] * 4, st.sampled_from(["", "0", "00"])).map(
+            lambda t: ".".join(t[4] + str(x) for x in t[:4])
+        ),
+        st.ip_addresses().map(str),
+        st.integers(),
+    )
+)
+@settings(max_examples=400, deadline=None)
+def test_pod_addresses_parse_as_ipaddress_would(raw: object) -> None:
+    from nicwarden.agent.policy.objects import _parse_ip
+
+    assert _parse_ip(raw) == _ip_by_ipaddress(raw)
+
+
+def test_pod_ports_seen_before_are_shared_but_lookalikes_are_still_checked() -> None:
+    a = parse_pod(pod("prod", "a", ports=[("http", 80, "TCP")]))
+    b = parse_pod(pod("prod", "b", ports=[("http", 80, "TCP")]))
+    assert a.ports == b.ports and a.ports[0] is b.ports[0]
+    for odd in (True, 80.0, "80"):
+        raw = pod("prod", "c", ports=[("http", 80, "TCP")])
+        raw["spec"]["containers"][0]["ports"][0]["containerPort"] = odd
+        p = parse_pod(raw)
+        assert p.ports == () and "is not a port number" in p.errors[0], odd
+    raw = pod("prod", "d")
+    raw["spec"]["containers"] = [{"ports": [None, 7, {"containerPort": [80]}]}, "x"]
+    errors = parse_pod(raw).errors
+    assert [e.split(": ", 2)[1] for e in errors] == [
+        "spec.containers[0].ports[0].containerPort",
+        "spec.containers[0].ports[1]",
+        "spec.containers[0].ports[1].containerPort",
+        "spec.containers[0].ports[2].containerPort",
+        "spec.containers[1]",
+    ]
