@@ -271,11 +271,14 @@ class PolicyEngine:
             self._keys.discard(k)
             self._problems.discard(k)
         else:
-            status = self._status_of(obj)
             self._keys.add(k)
-            if status.ok and not status.warnings:
-                # Most objects (a cluster's pods) are fine: their status is
-                # made when asked for, not kept 100,000 times.
+            # Most objects (a cluster's pods) are fine: their status is made
+            # when asked for, not kept 100,000 times. Only a policy's status
+            # has more to it than the object's own errors.
+            status = (
+                None if not obj.errors and kind != "MultiNetworkPolicy" else self._status_of(obj)
+            )
+            if status is None or (status.ok and not status.warnings):
                 self._status.pop(k, None)
                 self._problems.discard(k)
             else:

@@ -200,3 +200,13 @@ def test_the_head_of_a_page_names_the_next_one_before_it_is_parsed() -> None:
     assert list_head(b'{"items": [], "metadata": {"continue": "x"}}') is None
     assert list_head(b'{"kind": "PodList", "items": []}') is None
     assert list_head(b"not json") is None
+
+
+def test_every_name_the_k8s_package_offers_resolves() -> None:
+    import nicwarden.agent.k8s as k8s
+
+    assert sorted(k8s.__all__) == sorted(k8s._WHERE)
+    for name in k8s.__all__:
+        assert getattr(k8s, name) is not None
+    with pytest.raises(AttributeError):
+        _ = k8s.NoSuchThing
