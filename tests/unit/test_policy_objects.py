@@ -614,3 +614,29 @@ def test_pod_ports_seen_before_are_shared_but_lookalikes_are_still_checked() -> 
         "spec.containers[0].ports[2].containerPort",
         "spec.containers[1]",
     ]
+
+
+@given(
+    st.one_of(
+        st.text(alphabet="0123456789./:abcdef ", max_size=24),
+        st.tuples(
+            st.ip_addresses(v=4).map(str), st.integers(0, 40), st.sampled_from(["", "0"])
+        ).map(lambda t: f"{t[0]}/{t[2]}{t[1]}"),
+        st.ip_addresses(v=4).map(str),
+        st.ip_addresses(v=6).map(lambda a: f"{a}/64"),
+    )
+)
+@settings(max_examples=400, deadline=None)
+def test_policy_cidrs_parse_as_ipaddress_would(raw: str) -> None:
+    from nicwarden.agent.policy._fields import Issues
+    from nicwarden.agent.policy.mnp import _parse_network
+
+    try:
+        expected: object = ipaddress.ip_network(raw, strict=True)
+    except ValueError:
+        expected = None
+    issues = Issues("test")
+    got = _parse_network(raw, issues, "cidr")
+    assert got == expected
+    assert type(got) is type(expected)
+    assert bool(issues.messages) == (expected is None)
