@@ -58,3 +58,24 @@ def test_the_shortcut_accepts_exactly_what_the_full_parser_accepts(
         assert shortcut is None
     else:
         assert shortcut == full and shortcut is not None
+
+
+def test_bare_cidrs_share_one_peer_and_survive_the_cache_starting_over(
+    monkeypatch: Any,
+) -> None:
+    from nicwarden.agent.policy import mnp as mnp_module
+
+    def peer_of(raw: Any) -> Any:
+        return parse_policy(mnp(spec(raw))).ingress[0].peers[0]
+
+    first = peer_of({"ipBlock": {"cidr": "192.0.2.0/24"}})
+    assert peer_of({"ipBlock": {"cidr": "192.0.2.0/24"}}) is first
+    # A lookalike that is not the bare form takes the full path, same answer.
+    with_empty_except = peer_of({"ipBlock": {"cidr": "192.0.2.0/24", "except": []}})
+    assert with_empty_except == first
+    monkeypatch.setattr(mnp_module, "_BARE_BLOCKS_MAX", 1)
+    peer_of({"ipBlock": {"cidr": "198.51.100.0/24"}})  # clears, then holds this one
+    again = peer_of({"ipBlock": {"cidr": "192.0.2.0/24"}})
+    assert again == first and again.ip_block is not None
+    bad = parse_policy(mnp(spec({"ipBlock": {"cidr": "192.0.2.1/24"}})))
+    assert not bad.valid and "host bits" in " ".join(bad.errors)
