@@ -217,10 +217,14 @@ PageParser = ListWorker | _InProcess
 _warned = False
 
 
-def page_parser(resource: ResourceType, pause: Any) -> PageParser:
-    """A child for one list; if none can be started, the in-process parser
-    (logged once: the agent then keeps the parse's memory)."""
+def page_parser(resource: ResourceType, pause: Any, *, child: bool = True) -> PageParser:
+    """A child for one list; the in-process parser when ``child`` is False
+    (a list of one page: a few hundred objects are not worth a process) or
+    when no child can be started (logged once: the agent then keeps the
+    parse's memory)."""
     global _warned
+    if not child:
+        return _InProcess(resource, pause)
     try:
         return ListWorker(resource)
     except OSError as e:

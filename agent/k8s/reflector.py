@@ -185,8 +185,12 @@ class Reflector:
         """
         version: str | None = None
         relist = self._ledger.relist((self.kind,))
-        with page_parser(self.resource, self._pause) as parser:
-            first = self._fetch(None)
+        first = self._fetch(None)
+        # A child only for a list of several pages, and only once the server
+        # answered: a failing server costs no process per retry.
+        head = list_head(first)
+        several = head is None or _token(head) is not None
+        with page_parser(self.resource, self._pause, child=several) as parser:
             parser.send(first)
             data: bytes | None = first
             del first

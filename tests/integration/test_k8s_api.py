@@ -770,3 +770,37 @@ def test_engine_compiles_the_same_from_either_source(
         )
     finally:
         directory.stop()
+
+
+@pytest.mark.parametrize(("page_size", "children"), [(500, []), (2, ["Pod"])])
+def test_only_a_list_of_several_pages_is_parsed_in_a_child(
+    server: FakeApiServer,
+    make_source: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    page_size: int,
+    children: list[str],
+) -> None:
+    """A one-page list is a few hundred objects: no process for it. Here only
+    the pods (5 of them) need more than one page of 2."""
+    from nicwarden.agent.k8s import list_worker, reflector
+
+    started: list[str] = []
+
+    class Counted(list_worker.ListWorker):
+        def __init__(self, resource: Any, timeout: float = list_worker.PAGE_TIMEOUT) -> None:
+            started.append(resource.kind)
+            super().__init__(resource, timeout)
+
+    monkeypatch.setattr(list_worker, "ListWorker", Counted)
+    parsers: list[bool] = []
+    real = reflector.page_parser
+
+    def recording(resource: Any, pause: Any, *, child: bool = True) -> Any:
+        parsers.append(child)
+        return real(resource, pause, child=child)
+
+    monkeypatch.setattr(reflector, "page_parser", recording)
+    world(server)
+    log = start_synced(make_source(page_size=page_size), server)
+    assert log.state() == server_state(server)
+    assert started == children and parsers.count(True) == len(children) and len(parsers) == 4
