@@ -1,4 +1,4 @@
-"""List pages parsed in a child process, one child per list.
+"""List pages parsed in a child process, one child per list of several pages.
 
 Parsing a 100,000-pod list builds and frees a tree of dicts and strings for
 every ~6 KiB pod. The agent keeps a few hundred bytes of each, but CPython's
