@@ -307,15 +307,7 @@ def _known_peer(raw: object) -> Peer | None:
     building field paths for errors it does not have (large CIDR lists)."""
     if type(raw) is not dict or len(raw) != 1:
         return None
-    ip_block = raw.get("ipBlock")
-    if type(ip_block) is dict and len(ip_block) == 1:
-        # The commonest of all, {"ipBlock": {"cidr": "..."}}: one lookup.
-        cidr = ip_block.get("cidr")
-        if type(cidr) is str:
-            found = _BARE_BLOCKS.get(cidr)
-            if found is not None:
-                return found.__dict__["_peer"]  # type: ignore[no-any-return]
-    block = _known(ip_block)
+    block = _known(raw.get("ipBlock"))
     if block is None:
         return None
     peer: Peer | None = block.__dict__.get("_peer")
@@ -340,9 +332,6 @@ def _known(raw: object) -> IPBlock | None:
                 if found is not None:
                     if len(_BARE_BLOCKS) >= _BARE_BLOCKS_MAX:
                         _BARE_BLOCKS.clear()
-                    # Every block here has its peer, so _known_peer's one
-                    # lookup finds both.
-                    found.__dict__.setdefault("_peer", Peer(ip_block=found))
                     _BARE_BLOCKS[cidr] = found
             return found
     if not isinstance(raw, Mapping) or not raw.keys() <= _IPBLOCK_KEYS:
