@@ -11,6 +11,7 @@ compiler can still fail closed for whatever the object selects.
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Mapping
 from typing import Any
 
@@ -130,3 +131,16 @@ def metadata(raw: Mapping[str, Any], kind: str) -> tuple[str, str, Mapping[str, 
     if not isinstance(namespace, str):
         raise ValueError(f"{kind} {name}: metadata.namespace is not a string")
     return namespace, name, meta
+
+
+def dotted_quad(text: str) -> int | None:
+    """The IPv4 address ``text`` spells as a dotted quad, as an integer, or
+    None. Pods' addresses and policies' CIDRs pass here by the thousand: the
+    C parser takes a tenth of ``ipaddress``'s time and accepts exactly the
+    dotted quads ``ipaddress`` accepts (no leading zeros, no other forms).
+    Callers send anything it refuses down the general ``ipaddress`` path,
+    which names the problem."""
+    try:
+        return int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+    except (OSError, ValueError):  # not a dotted quad; NUL or surrogates
+        return None

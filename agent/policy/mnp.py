@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
@@ -24,6 +23,7 @@ from ._fields import (
     as_list,
     as_mapping,
     check_keys,
+    dotted_quad,
     metadata,
     network_key,
     string_map,
@@ -284,8 +284,7 @@ def _ipv4_network(raw: str) -> IPNetwork | None:
     """``ip_network(raw, strict=True)`` for the common "a.b.c.d/len" and
     "a.b.c.d", in a third of its time (policies carry thousands); None for
     anything else, including every error, which the general path names.
-    The address goes through the C parser, which accepts exactly the dotted
-    quads ipaddress does; the length as ipaddress reads it (ASCII digits)."""
+    The length is read as ipaddress reads it (ASCII digits)."""
     addr, slash, length = raw.partition("/")
     if slash:
         if not (length.isascii() and length.isdigit()) or len(length) > 2:
@@ -295,10 +294,12 @@ def _ipv4_network(raw: str) -> IPNetwork | None:
             return None
     else:
         bits = 32
+    quad = dotted_quad(addr)
+    if quad is None:
+        return None
     try:
-        packed = socket.inet_pton(socket.AF_INET, addr)
-        return ipaddress.IPv4Network((int.from_bytes(packed, "big"), bits))
-    except (OSError, ValueError):  # not a dotted quad, or host bits set
+        return ipaddress.IPv4Network((quad, bits))
+    except ValueError:  # host bits set
         return None
 
 

@@ -11,14 +11,22 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import socket
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from ._fields import Issues, as_list, as_mapping, metadata, network_key, string_map, type_name
+from ._fields import (
+    Issues,
+    as_list,
+    as_mapping,
+    dotted_quad,
+    metadata,
+    network_key,
+    string_map,
+    type_name,
+)
 from .mnp import (
     POLICY_FOR,
     Direction,
@@ -370,14 +378,9 @@ def _status_entry(
 def _parse_ip(raw: object) -> IPAddress | None:
     if not isinstance(raw, str):
         return None
-    try:
-        # Every pod's addresses pass here on every sync: the C parser first
-        # (a tenth of ipaddress's time). It accepts exactly the dotted quads
-        # ipaddress accepts (no leading zeros, no other forms); anything
-        # else takes the general path below.
-        return ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, raw))
-    except (OSError, ValueError):
-        pass
+    quad = dotted_quad(raw)
+    if quad is not None:
+        return ipaddress.IPv4Address(quad)
     try:
         # Multus writes bare addresses; accept "addr/len" from other writers.
         return ipaddress.ip_interface(raw).ip
