@@ -23,6 +23,7 @@ from typing import Any
 
 from ..policy import Action, Event
 from .kinds import KINDS, RESOURCES, ObjectKey
+from .list_json import no_pause
 from .project import digest
 from .source import Sink
 
@@ -46,7 +47,7 @@ class Ledger:
         self._sink: Sink | None = None
         # Called between the objects of a replace (a relist of the whole
         # cluster): may wait while more urgent work runs (policy_feed.Priority).
-        self._pause = pause or _never
+        self._pause = pause or no_pause
 
     def attach(self, sink: Sink | None) -> None:
         with self._lock:
@@ -126,18 +127,18 @@ class Relist:
         self._kinds = frozenset(kinds)
         self._seen: set[ObjectKey] = set()
         self.count = 0  # events delivered
-        self.listed = 0  # objects the relist held
+        self.listed = 0  # objects the relist held, once finished
 
     def put(self, key: ObjectKey, obj: Mapping[str, Any], known: bytes | None = None) -> None:
         self._ledger._pause()
         self._seen.add(key)
-        self.listed = len(self._seen)
         self.count += self._ledger.upsert(key, obj, known)
 
     def finish(self) -> int:
         """Deliver DELETE for the objects of ``kinds`` the relist did not
         hold; returns the number of events the whole relist delivered."""
         ledger, pause, seen, kinds = self._ledger, self._ledger._pause, self._seen, self._kinds
+        self.listed = len(seen)
         with ledger._lock:
             gone = []
             for i, key in enumerate(ledger._delivered):
@@ -168,10 +169,6 @@ def _sorted(keys: Collection[ObjectKey], pause: Callable[[], None]) -> list[Obje
             break
         last = order
     return out
-
-
-def _never() -> None:
-    pass
 
 
 def _identity(key: ObjectKey) -> dict[str, Any]:

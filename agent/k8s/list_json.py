@@ -37,15 +37,7 @@ def load_list(data: bytes | str, pause: Callable[[], None]) -> Any:
     if text.startswith("}", idx):
         return _end(text, idx + 1, out)
     while True:
-        if not text.startswith('"', idx):
-            raise json.JSONDecodeError(
-                "Expecting property name enclosed in double quotes", text, idx
-            )
-        key, idx = _DECODER.raw_decode(text, idx)
-        idx = _skip(text, idx)
-        if not text.startswith(":", idx):
-            raise json.JSONDecodeError("Expecting ':' delimiter", text, idx)
-        idx = _skip(text, idx + 1)
+        key, idx = _member(text, idx)
         if key == "items" and text.startswith("[", idx):
             out[key], idx = _array(text, idx, pause)
         else:
@@ -75,6 +67,17 @@ def _array(text: str, idx: int, pause: Callable[[], None]) -> tuple[list[Any], i
             return items, idx + 1
         else:
             raise json.JSONDecodeError("Expecting ',' delimiter", text, idx)
+
+
+def _member(text: str, idx: int) -> tuple[Any, int]:
+    """An object member's key and the index of its value."""
+    if not text.startswith('"', idx):
+        raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, idx)
+    key, idx = _DECODER.raw_decode(text, idx)
+    idx = _skip(text, idx)
+    if not text.startswith(":", idx):
+        raise json.JSONDecodeError("Expecting ':' delimiter", text, idx)
+    return key, _skip(text, idx + 1)
 
 
 def _value(text: str, idx: int) -> tuple[Any, int]:
@@ -116,11 +119,7 @@ def list_head(data: bytes) -> dict[str, Any] | None:
     idx = _skip(text, idx + 1)
     try:
         while text.startswith('"', idx):
-            key, idx = _DECODER.raw_decode(text, idx)
-            idx = _skip(text, idx)
-            if not text.startswith(":", idx):
-                return None
-            idx = _skip(text, idx + 1)
+            key, idx = _member(text, idx)
             if key == "items":
                 break
             out[key], idx = _value(text, idx)
@@ -131,3 +130,7 @@ def list_head(data: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return out if isinstance(out.get("metadata"), dict) else None
+
+
+def no_pause() -> None:
+    """The ``pause`` of a reader nothing more urgent waits for."""

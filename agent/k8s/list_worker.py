@@ -34,6 +34,7 @@ import time
 from typing import Any
 
 from .kinds import RESOURCES, ResourceType
+from .list_json import no_pause
 from .list_parse import Page, parse_page
 
 __all__ = ["ListWorker", "ListWorkerError", "PageParser", "page_parser"]
@@ -186,7 +187,8 @@ class ListWorker:
 
 
 class _InProcess:
-    """The fallback when no child can be started: the same parse, here."""
+    """The same parse, here: for a list of one page, or when no child can be
+    started."""
 
     def __init__(self, resource: ResourceType, pause: Any) -> None:
         self.resource = resource
@@ -254,7 +256,7 @@ def _serve(resource: ResourceType) -> int:
         if len(data) < size:
             return 0
         try:
-            page = parse_page(resource, data, _no_pause)
+            page = parse_page(resource, data, no_pause)
             del data
             reply = marshal.dumps(
                 ("ok", page.list_kind, page.resource_version, page.continue_token, page.items)
@@ -265,10 +267,6 @@ def _serve(resource: ResourceType) -> int:
         out.write(_LEN.pack(len(reply)))
         out.write(reply)
         out.flush()
-
-
-def _no_pause() -> None:
-    pass
 
 
 if __name__ == "__main__":

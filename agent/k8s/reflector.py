@@ -29,9 +29,9 @@ from typing import Any
 from nicwarden.agent.backoff import Backoff, BackoffPolicy
 
 from ._kube import ApiException
-from .kinds import ObjectKey, ResourceType
+from .kinds import ResourceType
 from .ledger import Ledger
-from .list_json import list_head
+from .list_json import list_head, no_pause
 from .list_parse import normalise
 from .list_worker import page_parser
 from .source import SourceProblem
@@ -106,7 +106,7 @@ class Reflector:
         self._field_selector = field_selector
         # Called between the items of a list: waits while more urgent work
         # (a CNI request) runs, for a bounded time (policy_feed.Priority).
-        self._pause = pause or _never
+        self._pause = pause or no_pause
         self._problem: SourceProblem | None = None
         self.synced = threading.Event()
         self.resource_version: str | None = None
@@ -186,16 +186,15 @@ class Reflector:
         version: str | None = None
         relist = self._ledger.relist((self.kind,))
         first = self._fetch(None)
+        head = list_head(first)
         # A child only for a list of several pages, and only once the server
         # answered: a failing server costs no process per retry.
-        head = list_head(first)
         several = head is None or _token(head) is not None
         with page_parser(self.resource, self._pause, child=several) as parser:
             parser.send(first)
             data: bytes | None = first
             del first
             while data is not None:
-                head = list_head(data)
                 del data
                 token = _token(head) if head is not None else None
                 following = self._fetch(token) if token is not None else None
@@ -211,6 +210,7 @@ class Reflector:
                     raise ValueError(f"{self.resource.plural} list carries no resourceVersion")
                 if following is not None:
                     parser.send(following)  # parsed while this page is delivered
+                    head = list_head(following)
                 data = following
                 for key, known, obj in page.items:
                     relist.put(key, obj, known)
@@ -331,7 +331,7 @@ class Reflector:
             # Nothing changed up to this version: resume from here next time.
             pass
         elif kind in ("ADDED", "MODIFIED", "DELETED"):
-            key, obj = self._normalise(raw)
+            key, obj = normalise(self.resource, raw)
             if key is None:
                 log.warning("watched object has no name", extra={"kind": self.kind})
             elif kind == "DELETED":
@@ -349,9 +349,6 @@ class Reflector:
         self._healthy()
 
     # -- helpers ----------------------------------------------------------
-
-    def _normalise(self, raw: dict[str, Any]) -> tuple[ObjectKey | None, dict[str, Any]]:
-        return normalise(self.resource, raw)
 
     def _decide(self, list_kind: Any) -> None:
         self._partial = list_kind == "PartialObjectMetadataList"
@@ -376,10 +373,6 @@ class Reflector:
             self._problem = SourceProblem("", self.resource.plural, message)
         log.warning("%s %s", self.kind, message, extra={"kind": self.kind})
         self._stopping.wait(delay)
-
-
-def _never() -> None:
-    pass
 
 
 def _token(head: Mapping[str, Any]) -> str | None:
