@@ -9,7 +9,7 @@ The claim is recorded as prepared the way Prepare records it (the store's
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,12 +49,6 @@ def pod_view(ns: str, ifname: str) -> dict[str, Any]:
         if a.get("scope") == "global"
     ]
     return {"interfaceName": link["ifname"], "ips": ips, "hardwareAddress": link["address"]}
-
-
-@pytest.fixture
-def server() -> Iterator[FakeApiServer]:
-    with FakeApiServer() as srv:
-        yield srv
 
 
 def test_claim_status_follows_add_and_del(

@@ -33,12 +33,6 @@ DRIVER = "vf.nicwarden.io"
 NODE = "node-rt"
 
 
-@pytest.fixture
-def server() -> Iterator[FakeApiServer]:
-    with FakeApiServer() as srv:
-        yield srv
-
-
 def vf(i: int) -> str:
     return f"0000:18:01.{i}"
 

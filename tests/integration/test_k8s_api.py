@@ -101,17 +101,6 @@ def ref(obj: dict[str, Any]) -> tuple[str, str, str]:
 
 
 @pytest.fixture
-def server() -> Iterator[FakeApiServer]:
-    with FakeApiServer() as s:
-        yield s
-
-
-@pytest.fixture
-def api_client(server: FakeApiServer, tmp_path: Path) -> Any:
-    return load_client(server.write_kubeconfig(tmp_path / "kubeconfig"))
-
-
-@pytest.fixture
 def make_source(api_client: Any) -> Iterator[Any]:
     made: list[ApiSource] = []
 

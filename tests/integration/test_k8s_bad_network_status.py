@@ -18,7 +18,6 @@ from tests.integration.test_k8s_metadata import (  # noqa: F401 (fixtures)
     cluster,
     make_source,
     pod,
-    server,
 )
 from tests.support.k8s_apiserver import FakeApiServer, wait_until
 

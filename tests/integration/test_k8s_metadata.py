@@ -128,12 +128,6 @@ TARGETS = [
 
 
 @pytest.fixture
-def server() -> Iterator[FakeApiServer]:
-    with FakeApiServer() as s:
-        yield s
-
-
-@pytest.fixture
 def make_source(server: FakeApiServer, tmp_path: Path) -> Iterator[Any]:
     client = load_client(server.write_kubeconfig(tmp_path / "kubeconfig"))
     made: list[ApiSource] = []

@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-
-from nicwarden.agent.k8s import ApiSource, BackoffPolicy, load_client
+from nicwarden.agent.k8s import ApiSource, BackoffPolicy
 from nicwarden.agent.k8s.ledger import Ledger
 from nicwarden.agent.k8s.project import PROJECTIONS
 from nicwarden.agent.policy_feed import Priority
@@ -65,17 +61,6 @@ def same(log: EventLog, server: FakeApiServer) -> bool:
         return log.state() == server_state(server)
     except AssertionError:
         return False
-
-
-@pytest.fixture
-def server() -> Iterator[FakeApiServer]:
-    with FakeApiServer() as s:
-        yield s
-
-
-@pytest.fixture
-def api_client(server: FakeApiServer, tmp_path: Path) -> Any:
-    return load_client(server.write_kubeconfig(tmp_path / "kubeconfig"))
 
 
 def test_lists_wait_while_a_cni_request_runs(server: FakeApiServer, api_client: Any) -> None:
