@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,15 +122,22 @@ def bpftool_counter(dp: PolicyDatapath, iface: IfaceKey, d: Direction, v: Verdic
 # -- fixtures -------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def datapath() -> Iterator[PolicyDatapath]:
-    dp = PolicyDatapath(unique("t"))
+@contextmanager
+def loaded_datapath(prefix: str) -> Iterator[PolicyDatapath]:
+    """A loaded datapath of its own instance; cleaned up, pins and all."""
+    dp = PolicyDatapath(unique(prefix))
     try:
         dp.load()
         yield dp
     finally:
         dp.cleanup()
         assert not dp.pin_dir.exists()
+
+
+@pytest.fixture(scope="module")
+def datapath() -> Iterator[PolicyDatapath]:
+    with loaded_datapath("t") as dp:
+        yield dp
 
 
 @pytest.fixture

@@ -21,10 +21,10 @@ from tests.integration.test_bpf_datapath import (
     SRV4,
     TCP,
     Pair,
+    loaded_datapath,
     make_pair,
     net,
 )
-from tests.support.oracle import unique
 from tests.support.traffic import in_netns
 
 pytestmark = pytest.mark.root
@@ -32,13 +32,8 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture(scope="module")
 def datapath() -> Iterator[PolicyDatapath]:
-    dp = PolicyDatapath(unique("ev"))
-    try:
-        dp.load()
+    with loaded_datapath("ev") as dp:
         yield dp
-    finally:
-        dp.cleanup()
-        assert not dp.pin_dir.exists()
 
 
 @pytest.fixture

@@ -13,8 +13,7 @@ import pytest
 from nicwarden.agent.host.bpf import PolicyDatapath
 from nicwarden.agent.policy import Action, Event, PolicedInterface, PolicyEngine
 from nicwarden.bpf.layout import Direction, IfaceKey, LoweredDirection
-from tests.integration.test_bpf_datapath import Pair, make_pair
-from tests.support.oracle import unique
+from tests.integration.test_bpf_datapath import Pair, loaded_datapath, make_pair
 from tests.support.policy_objects import pod, policy
 from tests.support.traffic import Servers, tcp_ok
 
@@ -52,13 +51,8 @@ TOO_MANY_CLASSES = policy(
 
 @pytest.fixture(scope="module")
 def datapath() -> Iterator[PolicyDatapath]:
-    dp = PolicyDatapath(unique("ol"))
-    try:
-        dp.load()
+    with loaded_datapath("ol") as dp:
         yield dp
-    finally:
-        dp.cleanup()
-        assert not dp.pin_dir.exists()
 
 
 @pytest.fixture
