@@ -297,6 +297,16 @@ class FakeApiServer:
     def delete(self, obj: dict[str, Any]) -> dict[str, Any]:
         return self._change("DELETED", obj)
 
+    def commit(self, action: str, obj: dict[str, Any]) -> tuple[int, float]:
+        """``add``/``update``/``delete`` (``action`` is the watch event type)
+        for a caller that hands ``obj`` over, as a benchmark's driver does: no
+        copy of it in or out, which for a 10,000-peer policy would be most of
+        this Python server's time and would run beside the agent under test.
+        Returns the new resourceVersion and when the watch events were queued
+        (``time.monotonic()``, after encoding them)."""
+        stored, queued_at = self._store(action, obj)
+        return int(stored["metadata"]["resourceVersion"]), queued_at
+
     def add_many(self, objs: list[dict[str, Any]]) -> int:
         """Add many objects at once (a generated cluster), taking ownership of
         the dicts rather than copying them; one version each, as ``add``
@@ -408,13 +418,18 @@ class FakeApiServer:
     # -- internals --------------------------------------------------------
 
     def _change(self, action: str, obj: dict[str, Any]) -> dict[str, Any]:
-        kind = obj.get("kind")
+        stored, _ = self._store(action, copy.deepcopy(obj))
+        return copy.deepcopy(stored)
+
+    def _store(self, action: str, stored: dict[str, Any]) -> tuple[dict[str, Any], float]:
+        """Commit ``stored`` (owned from here on, never changed after) and
+        queue its watch events; the stored object and when they were queued."""
+        kind = stored.get("kind")
         if kind not in TYPES:
             raise ValueError(f"unsupported kind {kind!r}")
         t = TYPES[kind]
-        if obj.get("apiVersion") != t.api_version:
+        if stored.get("apiVersion") != t.api_version:
             raise ValueError(f"{kind} needs apiVersion {t.api_version}")
-        stored = copy.deepcopy(obj)
         meta = stored.setdefault("metadata", {})
         if t.namespaced:
             meta.setdefault("namespace", "default")
@@ -448,8 +463,9 @@ class FakeApiServer:
                     line = watcher.event(key, action, current, stored)
                     if line is not None:
                         watcher.lines.append(line)
+            queued_at = time.monotonic()
             self._cond.notify_all()
-            return copy.deepcopy(stored)
+            return stored, queued_at
 
     def _take_failure(self, path: str) -> int | None:
         with self._cond:
