@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from .mnp import Direction, IPBlock, MultiNetworkPolicy, Peer, PortSpec, Rule
@@ -62,12 +62,11 @@ class _Direction:
     grants: dict[PortSet, set[Block]] = field(default_factory=dict)
     fail_closed: list[str] = field(default_factory=list)
 
-    def grant(self, blocks: Iterable[Block], ports: PortSet) -> None:
+    def grant(self, blocks: Collection[Block], ports: PortSet) -> None:
         if ports is not ALL and not ports:
             return  # e.g. only named ports, none resolved: allows nothing
-        peers = set(blocks)
-        if peers:
-            self.grants.setdefault(ports, set()).update(peers)
+        if blocks:
+            self.grants.setdefault(ports, set()).update(blocks)
 
     def table(self, options: CompileOptions) -> DirectionTable:
         if not self.isolated:
@@ -188,8 +187,11 @@ def _peers(
     blocks: list[Block] = []
     selected: dict[str, Pod] = {}
     for peer in rule.peers:
-        if peer.ip_block is not None:
-            blocks.append(_ip_block(peer.ip_block))
+        ip_block = peer.ip_block
+        if ip_block is not None:
+            # _ip_block's cache read in line: a rule may hold 10,000 of them.
+            block = ip_block.__dict__.get("_block")
+            blocks.append(block if block is not None else _ip_block(ip_block))
         else:
             selected.update((p.key, p) for p in _selected_pods(target, policy, peer))
     return blocks, list(selected.values())

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import operator
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, cast
 
 from ._fields import (
     Issues,
@@ -159,10 +160,12 @@ def parse_policy(raw: Mapping[str, Any]) -> MultiNetworkPolicy:
                 f"does not include {direction.value}; they have no effect"
             )
     ingress = tuple(
-        _parse_rule(r, "from", issues, f"spec.ingress[{i}]") for i, r in enumerate(ingress_raw)
+        _parse_rule(r, "from", issues, f"spec.ingress[{i}]", (namespace, name, "from", str(i)))
+        for i, r in enumerate(ingress_raw)
     )
     egress = tuple(
-        _parse_rule(r, "to", issues, f"spec.egress[{i}]") for i, r in enumerate(egress_raw)
+        _parse_rule(r, "to", issues, f"spec.egress[{i}]", (namespace, name, "to", str(i)))
+        for i, r in enumerate(egress_raw)
     )
     return MultiNetworkPolicy(
         namespace=namespace,
@@ -214,7 +217,9 @@ def _parse_policy_types(raw: object, has_egress: bool, issues: Issues) -> frozen
     return frozenset(out)
 
 
-def _parse_rule(raw: object, peer_field: str, issues: Issues, path: str) -> Rule:
+def _parse_rule(
+    raw: object, peer_field: str, issues: Issues, path: str, memo_key: tuple[str, ...] = ()
+) -> Rule:
     rule = as_mapping(raw, issues, path)
     if rule is None:
         if raw is None:
@@ -223,10 +228,27 @@ def _parse_rule(raw: object, peer_field: str, issues: Issues, path: str) -> Rule
     check_keys(rule, frozenset({peer_field, "ports"}), issues, path)
     peers_raw = as_list(rule.get(peer_field), issues, f"{path}.{peer_field}") or []
     ports_raw = as_list(rule.get("ports"), issues, f"{path}.ports") or []
-    peers = [
-        _known_peer(p) or _parse_peer(p, issues, f"{path}.{peer_field}[{i}]")
-        for i, p in enumerate(peers_raw)
-    ]
+    where = f"{path}.{peer_field}"
+    before = len(issues.messages)
+    big = bool(memo_key) and len(peers_raw) >= _BIG_RULE
+    last = _BIG_RULES.get(memo_key) if big else None
+    peers: list[Peer | None]
+    if last is not None and len(last[0]) == len(peers_raw):
+        # The rule's last version parsed cleanly: entries equal to their
+        # predecessors (compared in C) keep their peers; the others are parsed.
+        peers = list(last[1])
+        for i, same in enumerate(map(operator.eq, peers_raw, last[0])):
+            if not same:
+                peers[i] = _rule_peer(peers_raw[i], issues, where, i)
+    else:
+        peers = _rule_peers(peers_raw, issues, where)
+    if big:
+        if len(issues.messages) == before and None not in peers:
+            if len(_BIG_RULES) >= _BIG_RULES_MAX and memo_key not in _BIG_RULES:
+                del _BIG_RULES[next(iter(_BIG_RULES))]  # the oldest
+            _BIG_RULES[memo_key] = (peers_raw, tuple(cast(list[Peer], peers)))
+        else:
+            _BIG_RULES.pop(memo_key, None)
     ports = [_parse_port(p, issues, f"{path}.ports[{i}]") for i, p in enumerate(ports_raw)]
     # A dropped (invalid) entry must not turn a non-empty list into an empty
     # one, which would mean "all"; the policy is invalid anyway and compiles
@@ -235,6 +257,38 @@ def _parse_rule(raw: object, peer_field: str, issues: Issues, path: str) -> Rule
         tuple(p for p in peers if p is not None),
         tuple(p for p in ports if p is not None),
     )
+
+
+def _rule_peers(peers_raw: list[Any], issues: Issues, where: str) -> list[Peer | None]:
+    peers: list[Peer | None] = []
+    bare = _BARE_PEERS
+    for i, p in enumerate(peers_raw):
+        # {"ipBlock": {"cidr": "..."}} seen before: one lookup, no calls. A
+        # 10,000-CIDR policy is parsed again on every change to one entry.
+        if type(p) is dict and len(p) == 1:
+            block = p.get("ipBlock")
+            if type(block) is dict and len(block) == 1:
+                cidr = block.get("cidr")
+                if type(cidr) is str:
+                    found = bare.get(cidr)
+                    if found is not None:
+                        peers.append(found)
+                        continue
+        peers.append(_known_peer(p) or _parse_peer(p, issues, f"{where}[{i}]"))
+    return peers
+
+
+def _rule_peer(raw: object, issues: Issues, where: str, i: int) -> Peer | None:
+    return _known_peer(raw) or _parse_peer(raw, issues, f"{where}[{i}]")
+
+
+# Rules of at least _BIG_RULE peers, by (namespace, name, direction, index):
+# the raw peers of their last clean parse and the peers it gave. Only the
+# content is trusted (each entry is compared), so a stale or foreign entry
+# costs a comparison, never a wrong answer. Bounded: a few large policies.
+_BIG_RULE = 256
+_BIG_RULES_MAX = 32
+_BIG_RULES: dict[tuple[str, ...], tuple[list[Any], tuple[Peer, ...]]] = {}
 
 
 def _parse_peer(raw: object, issues: Issues, path: str) -> Peer | None:
@@ -314,12 +368,19 @@ def _known_peer(raw: object) -> Peer | None:
     peer: Peer | None = block.__dict__.get("_peer")
     if peer is None:
         peer = block.__dict__["_peer"] = Peer(ip_block=block)
+    fields = raw["ipBlock"]
+    if type(fields) is dict and len(fields) == 1:  # bare: {"cidr": str}, as _known read it
+        if len(_BARE_PEERS) >= _BARE_BLOCKS_MAX:
+            _BARE_PEERS.clear()
+        _BARE_PEERS[fields["cidr"]] = peer
     return peer
 
 
 # {"cidr": ...} with no except, by its CIDR string: most blocks of a large
-# policy, looked up without building an argument tuple or an ABC check.
+# policy, looked up without building an argument tuple or an ABC check; and
+# the peers {"ipBlock": {"cidr": ...}} made of them, which _parse_rule reads.
 _BARE_BLOCKS: dict[str, IPBlock] = {}
+_BARE_PEERS: dict[str, Peer] = {}
 _BARE_BLOCKS_MAX = 1 << 16
 
 

@@ -79,3 +79,100 @@ def test_bare_cidrs_share_one_peer_and_survive_the_cache_starting_over(
     assert again == first and again.ip_block is not None
     bad = parse_policy(mnp(spec({"ipBlock": {"cidr": "192.0.2.1/24"}})))
     assert not bad.valid and "host bits" in " ".join(bad.errors)
+
+
+peer_raw = st.one_of(
+    st.builds(lambda c: {"ipBlock": {"cidr": c}}, cidr_text),
+    st.builds(lambda c: {"ipBlock": {"cidr": c, "except": []}}, cidr_text),
+    st.sampled_from(
+        [
+            {"ipBlock": {"cidr": ["10.0.0.0/8"]}},
+            {"ipBlock": {"cidr": None}},
+            {"ipBlock": {}},
+            {"ipBlock": "10.0.0.0/8"},
+            {"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}},
+            {"ipBlock": {"cidr": "10.0.0.0/8"}, "bogus": 1},  # a peer, and an error
+            {"podSelector": {"matchLabels": {"app": "x"}}},
+            {},
+            None,
+            "10.0.0.0/8",
+        ]
+    ),
+)
+
+
+@given(st.lists(peer_raw, max_size=8))
+def test_a_rule_parses_the_same_with_warm_and_cold_caches(peers: list[Any]) -> None:
+    from nicwarden.agent.policy import mnp as mnp_module
+
+    raw = mnp(spec(*peers))
+    warm = parse_policy(raw)
+    again = parse_policy(raw)  # every bare CIDR seen: the rule's inline lookups
+    for cache in (mnp_module._BARE_BLOCKS, mnp_module._BARE_PEERS):
+        cache.clear()
+    mnp_module._known_ip_block.cache_clear()
+    cold = parse_policy(raw)
+    assert again == warm == cold
+    # In a valid rule, ipBlocks are one shared object however they were found.
+    pairs = zip(again.ingress[0].peers, warm.ingress[0].peers, strict=True)
+    assert not warm.valid or all(p is q for p, q in pairs if p.ip_block is not None)
+
+
+def _big(n: int) -> list[Any]:
+    return [{"ipBlock": {"cidr": f"10.{i // 256}.{i % 256}.0/24"}} for i in range(n)]
+
+
+edit = st.tuples(st.sampled_from(["set", "insert", "delete"]), st.integers(0, 10**6), peer_raw)
+
+
+@given(st.lists(edit, min_size=1, max_size=6))
+def test_a_large_rule_reparsed_after_edits_equals_a_cold_parse(edits: list[Any]) -> None:
+    """The last clean version of a large rule lends its unchanged entries;
+    whatever the edits (invalid ones included, errors and their paths too),
+    the result is what a parse from nothing gives."""
+    from nicwarden.agent.policy import mnp as mnp_module
+
+    peers = _big(mnp_module._BIG_RULE + 4)
+    parse_policy(mnp(spec(*peers)))  # the first clean version
+    for op, at, entry in edits:
+        at %= len(peers) + (op == "insert")
+        if op == "set" and at < len(peers):
+            peers[at] = entry
+        elif op == "insert":
+            peers.insert(at, entry)
+        elif len(peers) > 1:
+            del peers[at]
+        raw = mnp(spec(*peers))
+        warm = parse_policy(raw)
+        kept = dict(mnp_module._BIG_RULES)
+        mnp_module._BIG_RULES.clear()
+        try:
+            cold = parse_policy(raw)
+        finally:
+            mnp_module._BIG_RULES.clear()
+            mnp_module._BIG_RULES.update(kept)
+        assert warm == cold
+
+
+def test_a_large_rule_with_an_error_lends_nothing() -> None:
+    from nicwarden.agent.policy import mnp as mnp_module
+
+    peers = _big(mnp_module._BIG_RULE)
+    parse_policy(mnp(spec(*peers)))  # a clean version first, then the bad one
+    peers[7] = {"ipBlock": {"cidr": "10.0.7.0/24"}, "bogus": 1}  # unknown field: an error
+    first = parse_policy(mnp(spec(*peers)))
+    assert not first.valid
+    assert ("prod", "p", "from", "0") not in mnp_module._BIG_RULES
+    again = parse_policy(mnp(spec(*peers)))  # nothing clean to lend: the error stays
+    assert again.errors == first.errors and "from[7]" in " ".join(again.errors)
+
+
+def test_the_lent_rules_are_bounded(monkeypatch: Any) -> None:
+    from nicwarden.agent.policy import mnp as mnp_module
+
+    monkeypatch.setattr(mnp_module, "_BIG_RULES_MAX", 2)
+    mnp_module._BIG_RULES.clear()
+    for n in range(5):
+        parse_policy(mnp(spec(*_big(mnp_module._BIG_RULE)), name=f"big{n}"))
+    assert len(mnp_module._BIG_RULES) == 2
+    assert {k[1] for k in mnp_module._BIG_RULES} == {"big3", "big4"}
