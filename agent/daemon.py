@@ -26,6 +26,7 @@ from nicwarden.agent.api import AgentService
 from nicwarden.agent.config import AgentConfig, load_config
 from nicwarden.agent.devices import spec as sriov_spec
 from nicwarden.agent.errors import AlreadyExists, ConfigError, NicwardenError
+from nicwarden.agent.gc_policy import FullCollections
 from nicwarden.agent.runtime import AgentRuntime, state_lock_path
 from nicwarden.agent.sockets import claim, lock_down, release
 from nicwarden.proto.nicwarden.v1 import agent_pb2_grpc as pb_grpc
@@ -246,11 +247,19 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot start: %s", e, extra={"kind": e.kind})
         print(f"nicwarden-agent: {e}", file=sys.stderr)
         return EXIT_RUNTIME
-    while not stop.wait(0.2):
-        if reload_requested.is_set():
-            reload_requested.clear()
-            _reload(agent, args)
-    agent.stop()
+    # Before the first cluster list arrives: the sync starts in agent.start's
+    # threads and returns here at once.
+    full_collections = FullCollections()
+    full_collections.install()
+    try:
+        while not stop.wait(0.2):
+            if reload_requested.is_set():
+                reload_requested.clear()
+                _reload(agent, args)
+            full_collections.tick()
+        agent.stop()
+    finally:
+        full_collections.uninstall()
     log.info("stopped")
     return 0
 
