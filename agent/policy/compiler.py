@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from .mnp import Direction, IPBlock, MultiNetworkPolicy, Peer, PortSpec, Rule
@@ -160,7 +160,8 @@ def _compile_rule(
     if direction is Direction.INGRESS:
         # Ingress: the destination is the target pod, for every peer alike.
         ports = resolve_ports(rule.ports, target.pod)
-        acc.grant([*blocks, *(b for pod in pods for b in _pod_blocks(pod, target))], ports)
+        acc.grant(blocks, ports)
+        acc.grant([b for pod in pods for b in _pod_blocks(pod, target)], ports)
         unresolved = named - _resolved_names(rule.ports, [target.pod])
     else:
         # Egress: the destination is the peer; addresses without a pod behind
@@ -178,23 +179,37 @@ def _compile_rule(
 
 def _peers(
     target: _Target, policy: MultiNetworkPolicy, rule: Rule, enumerate_all: bool
-) -> tuple[list[Block], list[Pod]]:
+) -> tuple[Sequence[Block], list[Pod]]:
     """Address blocks (ipBlocks, "anywhere") and selected pods of a rule."""
     if not rule.peers:
         # All peers. Only egress with named ports needs the pods themselves.
         pods = target.state.pods_on(target.iface.network) if enumerate_all else []
         return list(_ANYWHERE), pods
-    blocks: list[Block] = []
+    blocks, selectors = _rule_parts(rule)
     selected: dict[str, Pod] = {}
-    for peer in rule.peers:
-        ip_block = peer.ip_block
-        if ip_block is not None:
-            # _ip_block's cache read in line: a rule may hold 10,000 of them.
-            block = ip_block.__dict__.get("_block")
-            blocks.append(block if block is not None else _ip_block(ip_block))
-        else:
-            selected.update((p.key, p) for p in _selected_pods(target, policy, peer))
+    for peer in selectors:
+        selected.update((p.key, p) for p in _selected_pods(target, policy, peer))
     return blocks, list(selected.values())
+
+
+def _rule_parts(rule: Rule) -> tuple[tuple[Block, ...], tuple[Peer, ...]]:
+    """A rule's ipBlocks as Blocks, and its selector peers: the same for every
+    interface, so worked out once per parsed rule and kept on it (a policy of
+    10,000 CIDRs that selects six local pods was compiled six times)."""
+    cached: tuple[tuple[Block, ...], tuple[Peer, ...]] | None = rule.__dict__.get("_parts")
+    if cached is None:
+        blocks: list[Block] = []
+        selectors: list[Peer] = []
+        for peer in rule.peers:
+            ip_block = peer.ip_block
+            if ip_block is not None:
+                # _ip_block's cache read in line: a rule may hold 10,000 of them.
+                block = ip_block.__dict__.get("_block")
+                blocks.append(block if block is not None else _ip_block(ip_block))
+            else:
+                selectors.append(peer)
+        cached = rule.__dict__["_parts"] = (tuple(blocks), tuple(selectors))
+    return cached
 
 
 def _selected_pods(target: _Target, policy: MultiNetworkPolicy, peer: Peer) -> list[Pod]:
