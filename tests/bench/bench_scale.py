@@ -27,6 +27,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -178,23 +179,6 @@ class Kernel:
         from nicwarden.agent.host.bpf_pins import open_maps
 
         self.maps = open_maps(Path("/sys/fs/bpf/nicwarden") / f"sim-{prefix}", os.cpu_count() or 1)
-
-    def ifaces_with(self, ip: str, direction: int = 0) -> set[int]:
-        """Interfaces whose active generation in ``direction`` matches ``ip``."""
-        from nicwarden.bpf import layout as L
-
-        addr = ipaddress.ip_address(ip)
-        out = set()
-        for ck in list(self.maps.cfg.iter_keys()):
-            if ck.dir != direction:
-                continue
-            cv = self.maps.cfg.lookup(ck)
-            if cv is None or not cv.isolated:
-                continue
-            key = L.peer_key(ck.iface, L.Direction(direction), cv.gen, (4, addr.packed, 32))
-            if self.maps.peers.lookup(key) is not None:
-                out.add(ck.iface)
-        return out
 
     def iface_in(self, netns: str, timeout: float = 30) -> int:
         """The agent's number for the interface it registered in ``netns``,
@@ -483,7 +467,7 @@ def run_cluster(args: argparse.Namespace, tmp: Path, spec: cg.ClusterSpec, api: 
                 ("cidr", big_policy),
             ):
                 try:
-                    fn(args, spec, api, agent, kernel, node)
+                    fn(Phase(args, spec, api, agent, kernel, node))
                 except Timeout as e:
                     row(name, f"TIMEOUT: {e}", "")
                 settle(pid, timeout=args.timeout)
@@ -498,14 +482,19 @@ def run_cluster(args: argparse.Namespace, tmp: Path, spec: cg.ClusterSpec, api: 
             node.cleanup()
 
 
-def mnp_updates(
-    args: argparse.Namespace,
-    spec: cg.ClusterSpec,
-    api: Api,
-    agent: Running,
-    kernel: Kernel,
-    node: Node,
-) -> None:
+@dataclass
+class Phase:
+    """What each measured phase works with."""
+
+    args: argparse.Namespace
+    spec: cg.ClusterSpec
+    api: Api
+    agent: Running
+    kernel: Kernel
+    node: Node
+
+
+def mnp_updates(ph: Phase) -> None:
     """Two kinds of update: policies in namespaces without local pods (the
     engine, status and Events alone), and policies where the local pods
     live, whose new selector isolates some of them (tc filters attached, on
@@ -515,24 +504,26 @@ def mnp_updates(
     agent is quiet again, minus the same quiet wait with no update (idle
     ticks), and the local interfaces whose isolation it flipped, as the
     kernel's cfg map shows them."""
-    pid, k = agent.proc.pid, args.updates
+    pid, k = ph.agent.proc.pid, ph.args.updates
     idle = [_quiet_cpu(pid, lambda: None) for _ in range(k)]
     idle_mean = sum(idle) / len(idle)
-    remote = [i for i in range(spec.policies) if i % spec.namespaces >= spec.local_namespaces]
+    remote = [
+        i for i in range(ph.spec.policies) if i % ph.spec.namespaces >= ph.spec.local_namespaces
+    ]
     for what, picks in (
         ("no local pod affected", remote),
-        ("selecting other local pods", list(range(spec.policies))),
+        ("selecting other local pods", list(range(ph.spec.policies))),
     ):
         if not picks:
             continue
         used, flips = [], 0
         for n in range(k):
-            obj = cg.policy(spec, picks[n % len(picks)])
+            obj = cg.policy(ph.spec, picks[n % len(picks)])
             obj["metadata"]["labels"] = {"bench-rev": str(n)}
             obj["spec"]["podSelector"] = {"matchLabels": {"app": f"app-{n % cg.APPS}"}}
-            before = kernel.isolated()
-            used.append(_quiet_cpu(pid, lambda obj=obj: api.call("update", obj=obj)) - idle_mean)
-            flips += len(before ^ kernel.isolated())
+            before = ph.kernel.isolated()
+            used.append(_quiet_cpu(pid, lambda obj=obj: ph.api.call("update", obj=obj)) - idle_mean)
+            flips += len(before ^ ph.kernel.isolated())
         row(
             f"CPU per MNP update, {what} ({k})",
             f"{sum(used) / k * 1000:.1f} ms",
@@ -548,23 +539,16 @@ def _quiet_cpu(pid: int, action: Callable[[], Any]) -> float:
     return settle(pid, quiet=0.3) - start
 
 
-def irrelevant_events(
-    args: argparse.Namespace,
-    spec: cg.ClusterSpec,
-    api: Api,
-    agent: Running,
-    kernel: Kernel,
-    node: Node,
-) -> None:
+def irrelevant_events(ph: Phase) -> None:
     """Pods on the cluster network only, an annotation nobody reads changed."""
-    pid, k = agent.proc.pid, args.updates * 10
-    no_nad = [i for i in range(spec.pods) if not spec.nads_in(i % spec.namespaces)]
-    pick = no_nad or list(range(spec.pods))
+    pid, k = ph.agent.proc.pid, ph.args.updates * 10
+    no_nad = [i for i in range(ph.spec.pods) if not ph.spec.nads_in(i % ph.spec.namespaces)]
+    pick = no_nad or list(range(ph.spec.pods))
     base = settle(pid)
     for n in range(k):
-        obj = cg.pod(spec, pick[n % len(pick)])
+        obj = cg.pod(ph.spec, pick[n % len(pick)])
         obj["metadata"]["annotations"]["bench/touched"] = str(n)
-        api.call("update", obj=obj)
+        ph.api.call("update", obj=obj)
     used = settle(pid) - base
     kind = "cluster-network-only" if no_nad else "secondary-network"
     row(
@@ -591,45 +575,38 @@ def _bench_policy(lp: cg.LocalPod, name: str, peers: dict[str, Any]) -> dict[str
     }
 
 
-def peer_changes(
-    args: argparse.Namespace,
-    spec: cg.ClusterSpec,
-    api: Api,
-    agent: Running,
-    kernel: Kernel,
-    node: Node,
-) -> None:
-    lp = cg.local_pods(spec)[0]
-    api.call(
+def peer_changes(ph: Phase) -> None:
+    lp = cg.local_pods(ph.spec)[0]
+    ph.api.call(
         "add",
         obj=_bench_policy(
             lp, "bench-peers", [{"podSelector": {"matchLabels": {"bench-peer": "yes"}}}]
         ),
     )
-    iface = kernel.iface_in(node.netns_of[lp.name])
+    iface = ph.kernel.iface_in(ph.node.netns_of[lp.name])
     free = ipaddress.ip_network(cg.FREE_PEER_SUBNET)
     adds, dels = Latency(), Latency()
-    for n in range(args.samples):
+    for n in range(ph.args.samples):
         ip = str(free[n + 1])
         labels = {"bench-peer": "yes", "app": "peer"}
-        obj = cg.pod(spec, n, name=f"bench-peer-{n}", labels=labels, ip=ip)
+        obj = cg.pod(ph.spec, n, name=f"bench-peer-{n}", labels=labels, ip=ip)
         obj["metadata"]["namespace"] = lp.namespace
         status = json.loads(obj["metadata"]["annotations"][cg.NET_STATUS])
         status[-1]["name"] = f"{lp.namespace}/{lp.network}"
         obj["metadata"]["annotations"][cg.NET_STATUS] = json.dumps(status)
         adds.time(
-            lambda obj=obj: api.call("add", obj=obj),
-            lambda ip=ip: kernel.admits(iface, ip),
+            lambda obj=obj: ph.api.call("add", obj=obj),
+            lambda ip=ip: ph.kernel.admits(iface, ip),
             f"peer {ip} in the kernel",
         )
         dels.time(
-            lambda obj=obj: api.call("delete", obj=obj),
-            lambda ip=ip: not kernel.admits(iface, ip),
+            lambda obj=obj: ph.api.call("delete", obj=obj),
+            lambda ip=ip: not ph.kernel.admits(iface, ip),
             f"peer {ip} out of the kernel",
         )
-    adds.rows(f"relevant peer add ({args.samples})", "p99 < 50 ms")
+    adds.rows(f"relevant peer add ({ph.args.samples})", "p99 < 50 ms")
     dels.rows("relevant peer delete", "p99 < 50 ms")
-    api.call("delete", obj=_bench_policy(lp, "bench-peers", []))
+    ph.api.call("delete", obj=_bench_policy(lp, "bench-peers", []))
 
 
 class Latency:
@@ -663,60 +640,55 @@ class Latency:
             target = ""
 
 
-def big_policy(
-    args: argparse.Namespace,
-    spec: cg.ClusterSpec,
-    api: Api,
-    agent: Running,
-    kernel: Kernel,
-    node: Node,
-) -> None:
-    lp = cg.local_pods(spec)[1 % max(1, spec.local_pods)]
+def big_policy(ph: Phase) -> None:
+    lp = cg.local_pods(ph.spec)[1 % max(1, ph.spec.local_pods)]
     # The interface is isolated first by a one-peer policy, so that what is
     # timed is the big table, not its first tc filters and host model (those
     # are the isolation flips that mnp_updates counts).
     hold = _bench_policy(lp, "bench-hold", [{"ipBlock": {"cidr": "192.0.2.1/32"}}])
-    api.call("add", obj=hold)
-    iface = kernel.iface_in(node.netns_of[lp.name])
-    wait(lambda: kernel.admits(iface, "192.0.2.1"), 30, "the one-peer policy in the kernel")
+    ph.api.call("add", obj=hold)
+    iface = ph.kernel.iface_in(ph.node.netns_of[lp.name])
+    wait(lambda: ph.kernel.admits(iface, "192.0.2.1"), 30, "the one-peer policy in the kernel")
     base = int(ipaddress.ip_address("100.64.0.0"))
-    cidrs = [str(ipaddress.ip_address(base + 2 * n)) for n in range(args.cidrs)]
+    cidrs = [str(ipaddress.ip_address(base + 2 * n)) for n in range(ph.args.cidrs)]
     peers = [{"ipBlock": {"cidr": f"{c}/32"}} for c in cidrs]
     obj = _bench_policy(lp, "bench-cidrs", peers)
     first = Latency()
     first.time(
-        lambda: api.call("add", obj=obj),
-        lambda: kernel.admits(iface, cidrs[-1]) and kernel.admits(iface, cidrs[0]),
-        f"the {args.cidrs}-CIDR policy in the kernel",
+        lambda: ph.api.call("add", obj=obj),
+        lambda: ph.kernel.admits(iface, cidrs[-1]) and ph.kernel.admits(iface, cidrs[0]),
+        f"the {ph.args.cidrs}-CIDR policy in the kernel",
     )
     row(
-        f"{args.cidrs}-CIDR policy, manifest to kernel",
+        f"{ph.args.cidrs}-CIDR policy, manifest to kernel",
         f"{first.event[0]:.2f} s from the watch event, {first.call[0]:.2f} s from the API call",
         "< 0.3 s",
     )
     changes = Latency()
-    agent_cpu, server_cpu = settle(agent.proc.pid), cpu_s(api.proc.pid)
-    for n in range(args.samples):
-        new = str(ipaddress.ip_address(base + 2 * (args.cidrs + n)))
+    agent_cpu, server_cpu = settle(ph.agent.proc.pid), cpu_s(ph.api.proc.pid)
+    for n in range(ph.args.samples):
+        new = str(ipaddress.ip_address(base + 2 * (ph.args.cidrs + n)))
         old = cidrs[n]
         peers[n] = {"ipBlock": {"cidr": f"{new}/32"}}
         changes.time(
-            lambda: api.call("update", obj=_bench_policy(lp, "bench-cidrs", peers)),
-            lambda new=new, old=old: kernel.admits(iface, new) and not kernel.admits(iface, old),
+            lambda: ph.api.call("update", obj=_bench_policy(lp, "bench-cidrs", peers)),
+            lambda new=new, old=old: (
+                ph.kernel.admits(iface, new) and not ph.kernel.admits(iface, old)
+            ),
             "the one-peer change in the kernel",
         )
-    changes.rows(f"one-peer change in a {args.cidrs}-CIDR policy ({args.samples})", "< 20 ms")
+    changes.rows(f"one-peer change in a {ph.args.cidrs}-CIDR policy ({ph.args.samples})", "< 20 ms")
     # Where that time goes: the agent's CPU per change, and the API server's
     # (decoding the ~400 KB request, storing it, encoding the watch event).
-    agent_cpu = settle(agent.proc.pid) - agent_cpu
-    server_cpu = cpu_s(api.proc.pid) - server_cpu
+    agent_cpu = settle(ph.agent.proc.pid) - agent_cpu
+    server_cpu = cpu_s(ph.api.proc.pid) - server_cpu
     row(
         "  CPU per change: agent / API server",
-        f"{agent_cpu / args.samples * 1e3:.0f} / {server_cpu / args.samples * 1e3:.0f} ms",
+        f"{agent_cpu / ph.args.samples * 1e3:.0f} / {server_cpu / ph.args.samples * 1e3:.0f} ms",
         "(means)",
     )
-    api.call("delete", obj=obj)
-    api.call("delete", obj=hold)
+    ph.api.call("delete", obj=obj)
+    ph.api.call("delete", obj=hold)
 
 
 def cni_during_relist(
