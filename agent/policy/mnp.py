@@ -264,20 +264,24 @@ def _parse_rule(
 
 def _rule_peers(peers_raw: list[Any], issues: Issues, where: str) -> list[Peer | None]:
     peers: list[Peer | None] = []
-    bare = _BARE_PEERS
+    bare = _BARE_BLOCKS
     for i, p in enumerate(peers_raw):
-        # {"ipBlock": {"cidr": "..."}} seen before: one lookup, no calls. A
-        # 10,000-CIDR policy is parsed again on every change to one entry.
+        # {"ipBlock": {"cidr": "..."}} seen before: its block by the CIDR
+        # string and the peer kept on it, no calls. A new policy of 10,000
+        # CIDRs, or one whose rule could not be matched to its last version,
+        # is parsed whole.
         if type(p) is dict and len(p) == 1:
-            block = p.get("ipBlock")
-            if type(block) is dict and len(block) == 1:
-                cidr = block.get("cidr")
+            fields = p.get("ipBlock")
+            if type(fields) is dict and len(fields) == 1:
+                cidr = fields.get("cidr")
                 if type(cidr) is str:
-                    found = bare.get(cidr)
-                    if found is not None:
-                        peers.append(found)
-                        continue
-        peers.append(_known_peer(p) or _parse_peer(p, issues, f"{where}[{i}]"))
+                    block = bare.get(cidr)
+                    if block is not None:
+                        found = block.__dict__.get("_peer")
+                        if found is not None:
+                            peers.append(found)
+                            continue
+        peers.append(_rule_peer(p, issues, where, i))
     return peers
 
 
@@ -371,19 +375,13 @@ def _known_peer(raw: object) -> Peer | None:
     peer: Peer | None = block.__dict__.get("_peer")
     if peer is None:
         peer = block.__dict__["_peer"] = Peer(ip_block=block)
-    fields = raw["ipBlock"]
-    if type(fields) is dict and len(fields) == 1:  # bare: {"cidr": str}, as _known read it
-        if len(_BARE_PEERS) >= _BARE_BLOCKS_MAX:
-            _BARE_PEERS.clear()
-        _BARE_PEERS[fields["cidr"]] = peer
     return peer
 
 
 # {"cidr": ...} with no except, by its CIDR string: most blocks of a large
-# policy, looked up without building an argument tuple or an ABC check; and
-# the peers {"ipBlock": {"cidr": ...}} made of them, which _parse_rule reads.
+# policy, looked up without building an argument tuple or an ABC check (and
+# by _rule_peers, for the peer kept on each).
 _BARE_BLOCKS: dict[str, IPBlock] = {}
-_BARE_PEERS: dict[str, Peer] = {}
 _BARE_BLOCKS_MAX = 1 << 16
 
 
