@@ -49,7 +49,6 @@ class FullCollections:
         self._due = clock() + interval
         self._saved: tuple[int, int, int] | None = None
         self.runs = 0
-        self.seconds = 0.0  # spent in the collections run here
 
     def install(self) -> None:
         if self._saved is None:
@@ -70,7 +69,6 @@ class FullCollections:
         found = self._collect(2)
         took = time.perf_counter() - started
         self.runs += 1
-        self.seconds += took
         self._due = self._clock() + self.interval
         log.debug("full collection", extra={"unreachable": found, "seconds": round(took, 4)})
         return True
