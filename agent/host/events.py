@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import pyudev
 
+from nicwarden.agent.host import rtnl
+
 log = logging.getLogger(__name__)
 
 
@@ -129,34 +131,19 @@ class LinkMonitor(_Loop):
                 break
             if mtype in (cls.RTM_NEWLINK, cls.RTM_DELLINK) and length >= 32:
                 (index,) = struct.unpack_from("=i", data, off + 20)
-                attrs = _rtattrs(data, off + 32, off + length)
+                attrs = dict(rtnl.attrs(data[off + 32 : off + length]))
                 out.append(
                     HostEvent(
                         "rtnl",
                         "newlink" if mtype == cls.RTM_NEWLINK else "dellink",
                         "net",
-                        _cstr(attrs.get(cls.IFLA_IFNAME, b"")),
+                        rtnl.cstr(attrs.get(cls.IFLA_IFNAME, b"")),
                         index,
-                        _cstr(attrs.get(cls.IFLA_IFALIAS, b"")),
+                        rtnl.cstr(attrs.get(cls.IFLA_IFALIAS, b"")),
                     )
                 )
             off += (length + 3) & ~3
         return out
-
-
-def _rtattrs(data: bytes, off: int, end: int) -> dict[int, bytes]:
-    attrs: dict[int, bytes] = {}
-    while off + 4 <= end:
-        alen, atype = struct.unpack_from("=HH", data, off)
-        if alen < 4:
-            break
-        attrs[atype & 0x3FFF] = data[off + 4 : off + alen]
-        off += (alen + 3) & ~3
-    return attrs
-
-
-def _cstr(raw: bytes) -> str:
-    return raw.split(b"\0", 1)[0].decode(errors="replace")
 
 
 def _safe(callback: EventCallback, ev: HostEvent) -> None:

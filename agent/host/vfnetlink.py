@@ -8,20 +8,19 @@ Layout (``include/uapi/linux/if_link.h``)::
         IFLA_VF_INFO (1)
           IFLA_VF_MAC | IFLA_VF_VLAN | IFLA_VF_VLAN_LIST | IFLA_VF_SPOOFCHK | ...
 
-Everything here is pure (message builders and reply parsers) except
-:func:`netlink_request`, the one function that talks to the kernel. Netlink
+Everything here is pure (message builders and reply parsers); requests go
+through ``rtnl.netlink_request``, the framing's one function that talks to
+the kernel (a transport the configurator takes, so tests can answer). Netlink
 integers are host-endian; only ``vlan_proto`` is big-endian (``__be16``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import os
 import re
 import socket
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
@@ -34,22 +33,19 @@ from nicwarden.agent.errors import (
     Unsupported,
 )
 from nicwarden.agent.host import errnos
+from nicwarden.agent.host.rtnl import (
+    NLM_F_ACK,
+    NLM_F_REQUEST,
+    NetlinkFailure,
+    NetlinkMessage,
+    Transport,
+    attrs,
+    netlink_request,
+    nla,
+    nlmsg,
+)
 
 # -- uapi constants -----------------------------------------------------------
-
-NETLINK_ROUTE = 0
-SOL_NETLINK = 270
-NETLINK_CAP_ACK = 10
-NETLINK_EXT_ACK = 11
-
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
-NLM_F_CAPPED = 0x100
-NLM_F_ACK_TLVS = 0x200
-NLMSGERR_ATTR_MSG = 1
-NLA_TYPE_MASK = 0x3FFF  # strips NLA_F_NESTED / NLA_F_NET_BYTEORDER
 
 RTM_NEWLINK = 16
 RTM_GETLINK = 18
@@ -74,9 +70,7 @@ ETH_P_8021AD = 0x88A8
 VLAN_PROTOS = {"802.1q": ETH_P_8021Q, "802.1ad": ETH_P_8021AD}
 LINK_STATES = {"auto": 0, "enable": 1, "disable": 2}
 
-_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _IFINFOMSG = struct.Struct("=BxHiII")  # family, pad, type, index, flags, change
-_NLA = struct.Struct("=HH")  # len, type
 _U32 = struct.Struct("=I")
 # The kernel reports "driver did not say" as (u32)-1 for spoofchk and trust.
 _UNSET = 0xFFFFFFFF
@@ -145,16 +139,6 @@ def validate(vf: int, s: VfSettings) -> None:
 
 
 # -- message builders ---------------------------------------------------------
-
-
-def nla(attr_type: int, payload: bytes) -> bytes:
-    """One netlink attribute, padded to 4 bytes (NLA_ALIGN)."""
-    length = _NLA.size + len(payload)
-    return _NLA.pack(length, attr_type) + payload + b"\0" * (-length % 4)
-
-
-def nlmsg(msg_type: int, flags: int, seq: int, body: bytes) -> bytes:
-    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), msg_type, flags, seq, 0) + body
 
 
 def ifinfomsg(index: int) -> bytes:
@@ -244,37 +228,6 @@ def needs_current(s: VfSettings) -> bool:
 # -- reply parsers ------------------------------------------------------------
 
 
-def attrs(data: bytes) -> Iterator[tuple[int, bytes]]:
-    """(type, payload) of each attribute in ``data``; stops at a malformed one."""
-    off = 0
-    while off + _NLA.size <= len(data):
-        length, attr_type = _NLA.unpack_from(data, off)
-        if length < _NLA.size or off + length > len(data):
-            return
-        yield attr_type & NLA_TYPE_MASK, data[off + _NLA.size : off + length]
-        off += (length + 3) & ~3
-
-
-@dataclass(frozen=True)
-class NetlinkMessage:
-    type: int
-    flags: int
-    seq: int
-    payload: bytes
-
-
-def messages(data: bytes) -> list[NetlinkMessage]:
-    out = []
-    off = 0
-    while off + _NLMSGHDR.size <= len(data):
-        length, msg_type, flags, seq, _pid = _NLMSGHDR.unpack_from(data, off)
-        if length < _NLMSGHDR.size or off + length > len(data):
-            break
-        out.append(NetlinkMessage(msg_type, flags, seq, data[off + _NLMSGHDR.size : off + length]))
-        off += (length + 3) & ~3
-    return out
-
-
 def parse_vf_info(data: bytes) -> tuple[int, VfSettings]:
     """One IFLA_VF_INFO nest → (vf index, settings)."""
     vf = -1
@@ -321,71 +274,6 @@ def parse_link_vfs(payload: bytes) -> dict[int, VfSettings] | None:
                 if vf >= 0:
                     found[vf] = settings
     return found
-
-
-def parse_error(msg: NetlinkMessage) -> tuple[int, str]:
-    """An NLMSG_ERROR → (positive errno or 0 for an ACK, the kernel's extack text)."""
-    (code,) = struct.unpack_from("=i", msg.payload)
-    text = ""
-    if msg.flags & NLM_F_ACK_TLVS:
-        # struct nlmsgerr: error, then the request's header (plus its body
-        # unless the ACK is capped), then the extended-ACK attributes.
-        off = 4 + _NLMSGHDR.size
-        if not msg.flags & NLM_F_CAPPED:
-            off = 4 + _NLMSGHDR.unpack_from(msg.payload, 4)[0]
-        for attr_type, data in attrs(msg.payload[(off + 3) & ~3 :]):
-            if attr_type == NLMSGERR_ATTR_MSG:
-                text = data.split(b"\0", 1)[0].decode(errors="replace")
-    return -code, text
-
-
-# -- the kernel boundary ------------------------------------------------------
-
-
-class NetlinkFailure(Exception):
-    def __init__(self, code: int, text: str = "") -> None:
-        super().__init__(os.strerror(code) + (f": {text}" if text else ""))
-        self.code = code
-        self.text = text
-
-
-Transport = Callable[[bytes], list[NetlinkMessage]]
-
-
-def netlink_request(message: bytes, timeout_s: float = 5.0) -> list[NetlinkMessage]:
-    """Send one prebuilt rtnetlink request; return the replies before its ACK.
-
-    Raises NetlinkFailure with the errno (and the kernel's extended-ACK text)
-    when the kernel refuses, TimeoutError when it does not answer."""
-    seq = _NLMSGHDR.unpack_from(message)[3]
-    with socket.socket(
-        socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE
-    ) as s:
-        s.settimeout(timeout_s)
-        for opt in (NETLINK_EXT_ACK, NETLINK_CAP_ACK):  # best effort: older kernels lack them
-            with contextlib.suppress(OSError):
-                s.setsockopt(SOL_NETLINK, opt, 1)
-        s.bind((0, 0))
-        s.sendto(message, (0, 0))
-        replies: list[NetlinkMessage] = []
-        while True:
-            # A PF with hundreds of VFs answers in one large datagram: peek at
-            # its real size (MSG_TRUNC) instead of guessing a buffer.
-            size = s.recv_into(bytearray(16), 16, socket.MSG_PEEK | socket.MSG_TRUNC)
-            for msg in messages(s.recv(max(size, 16))):
-                if msg.seq != seq:
-                    continue
-                if msg.type == NLMSG_ERROR:
-                    code, text = parse_error(msg)
-                    if code:
-                        raise NetlinkFailure(code, text)
-                    return replies
-                if msg.type == NLMSG_DONE:
-                    return replies
-                replies.append(msg)
-
-
-# -- the configurator ---------------------------------------------------------
 
 
 def translate(err: NetlinkFailure, what: str) -> NicwardenError:

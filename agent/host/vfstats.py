@@ -27,29 +27,21 @@ from pathlib import Path
 from typing import Protocol
 
 from nicwarden.agent.errors import HostError, NotFound, Unavailable, Unsupported
-from nicwarden.agent.host import netns
+from nicwarden.agent.host import netns, rtnl
 from nicwarden.agent.host.paths import HostPaths
 from nicwarden.agent.host.vfnetlink import (
     IFLA_VF_INFO,
     IFLA_VF_MAC,
     IFLA_VFINFO_LIST,
-    NLM_F_REQUEST,
     RTM_GETLINK,
     RTM_NEWLINK,
-    NetlinkFailure,
-    NetlinkMessage,
-    Transport,
-    attrs,
     getlink_vfs,
     ifinfomsg,
-    netlink_request,
-    nlmsg,
     translate,
 )
 
 # -- uapi constants (include/uapi/linux/if_link.h) ------------------------------
 
-NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
 IFLA_IFALIAS = 20
 IFLA_STATS64 = 23
 IFLA_VF_STATS = 8
@@ -123,7 +115,7 @@ class VfStatsReader(Protocol):
 
 def parse_vf_stats(nest: bytes) -> dict[str, int]:
     out: dict[str, int] = {}
-    for attr_type, payload in attrs(nest):
+    for attr_type, payload in rtnl.attrs(nest):
         name = VF_STATS_FIELDS.get(attr_type)
         if name is not None and len(payload) >= _U64.size:
             out[name] = _U64.unpack_from(payload)[0]
@@ -136,15 +128,15 @@ def parse_link_vf_stats(payload: bytes) -> dict[int, dict[str, int]] | None:
     if len(payload) < _IFINFO_SIZE:
         raise HostError("short RTM_NEWLINK reply")
     found: dict[int, dict[str, int]] | None = None
-    for attr_type, data in attrs(payload[_IFINFO_SIZE:]):
+    for attr_type, data in rtnl.attrs(payload[_IFINFO_SIZE:]):
         if attr_type != IFLA_VFINFO_LIST:
             continue
         found = {}
-        for info_type, info in attrs(data):
+        for info_type, info in rtnl.attrs(data):
             if info_type != IFLA_VF_INFO:
                 continue
             vf, stats = -1, None
-            for t, p in attrs(info):
+            for t, p in rtnl.attrs(info):
                 if t == IFLA_VF_MAC and len(p) >= 4:
                     vf = _U32.unpack_from(p)[0]
                 elif t == IFLA_VF_STATS:
@@ -160,7 +152,7 @@ def parse_link_stats(payload: bytes) -> tuple[str, dict[str, int]] | None:
     if len(payload) < _IFINFO_SIZE:
         return None
     alias, stats = "", None
-    for attr_type, data in attrs(payload[_IFINFO_SIZE:]):
+    for attr_type, data in rtnl.attrs(payload[_IFINFO_SIZE:]):
         if attr_type == IFLA_IFALIAS:
             alias = data.split(b"\0", 1)[0].decode(errors="replace")
         elif attr_type == IFLA_STATS64 and len(data) >= _U64.size * len(_STATS64_FIELDS):
@@ -171,7 +163,7 @@ def parse_link_stats(payload: bytes) -> tuple[str, dict[str, int]] | None:
 
 def dump_links(seq: int) -> bytes:
     """RTM_GETLINK dump of every link in the socket's netns."""
-    return nlmsg(RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, seq, ifinfomsg(0))
+    return rtnl.nlmsg(RTM_GETLINK, rtnl.NLM_F_REQUEST | rtnl.NLM_F_DUMP, seq, ifinfomsg(0))
 
 
 # -- readers -------------------------------------------------------------------
@@ -183,7 +175,7 @@ class NetlinkVfStatsReader:
     def __init__(
         self,
         paths: HostPaths,
-        transport: Transport = netlink_request,
+        transport: rtnl.Transport = rtnl.netlink_request,
         index_of: Callable[[str], int] = socket.if_nametoindex,
     ) -> None:
         self.paths = paths
@@ -200,7 +192,7 @@ class NetlinkVfStatsReader:
         self._seq = (self._seq + 1) & 0xFFFFFFFF
         try:
             replies = self._transport(getlink_vfs(index, self._seq))
-        except NetlinkFailure as e:
+        except rtnl.NetlinkFailure as e:
             raise translate(e, what) from e
         except TimeoutError as e:
             raise Unavailable(f"{what}: the kernel did not answer") from e
@@ -232,7 +224,7 @@ class NetlinkVfStatsReader:
             return None
 
 
-def _link_stats(replies: Sequence[NetlinkMessage]) -> dict[str, dict[str, int]]:
+def _link_stats(replies: Sequence[rtnl.NetlinkMessage]) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for msg in replies:
         if msg.type != RTM_NEWLINK:
@@ -254,7 +246,7 @@ class NetdevVfStatsReader:
         self,
         alias_of: Callable[[str], str],
         netns_of: Callable[[str], str | None],
-        transport: Transport = netlink_request,
+        transport: rtnl.Transport = rtnl.netlink_request,
         netns_dir: Path = netns.NETNS_DIR,
     ) -> None:
         self._alias_of = alias_of
@@ -274,7 +266,7 @@ class NetdevVfStatsReader:
     def read(self, pf_ifname: str, pf_address: str, vfs: Sequence[VfRef]) -> dict[str, VfCounters]:
         try:
             found = self._dump(None)
-        except NetlinkFailure as e:
+        except rtnl.NetlinkFailure as e:
             raise translate(e, "list host links") from e
         out: dict[str, VfCounters] = {}
         away: dict[str, list[VfRef]] = {}
@@ -289,7 +281,7 @@ class NetdevVfStatsReader:
         for where, refs in away.items():
             try:
                 there = self._dump(where)
-            except (NotFound, NetlinkFailure):
+            except (NotFound, rtnl.NetlinkFailure):
                 continue  # the netns went between the lookup and now
             for vf in refs:
                 stats = there.get(self._alias_of(vf.address))

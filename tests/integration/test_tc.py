@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from nicwarden.agent.errors import NotFound
+from nicwarden.agent.errors import AlreadyExists, HostError, NotFound
 from nicwarden.agent.host.bpfsys import load_sched_cls
 from nicwarden.agent.host.tc import TC_H_EGRESS, TC_H_INGRESS, Filter, Tc
 from tests.support.oracle import run
@@ -106,3 +106,19 @@ def test_missing_netns_and_link(pod: str) -> None:
         Tc("nwt-absent-0000")
     with Tc(pod) as tc:
         assert tc.ifindex("nwt-nope") is None
+
+
+def test_the_kernels_reason_reaches_the_error(pod: str, prog: int) -> None:
+    with Tc(pod) as tc:
+        idx = tc.ifindex("nwt-a")
+        assert idx is not None
+        # No clsact yet: the kernel refuses, and says why in an extended ack.
+        with pytest.raises(HostError) as e:
+            tc.add_bpf_filter(idx, TC_H_INGRESS, prio=PRIO, handle=1, prog_fd=prog, name="nwt_x")
+        assert "attach bpf filter nwt_x" in e.value.message
+        assert "qdisc" in e.value.details.lower()
+        tc.add_clsact(idx)
+        tc.add_bpf_filter(idx, TC_H_INGRESS, prio=PRIO, handle=1, prog_fd=prog, name="nwt_x")
+        with pytest.raises(AlreadyExists):  # the same prio and handle twice
+            tc.add_bpf_filter(idx, TC_H_INGRESS, prio=PRIO, handle=1, prog_fd=prog, name="nwt_x")
+        assert [f.name for f in tc.filters(idx, TC_H_INGRESS)] == ["nwt_x"]

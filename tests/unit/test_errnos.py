@@ -21,8 +21,9 @@ from nicwarden.agent.errors import (
 )
 from nicwarden.agent.host import errnos
 from nicwarden.agent.host.netlink import netlink_error
+from nicwarden.agent.host.rtnl import NetlinkFailure
 from nicwarden.agent.host.sysfs import translate_write_error
-from nicwarden.agent.host.vfnetlink import NetlinkFailure, translate
+from nicwarden.agent.host.vfnetlink import translate
 
 # Written out independently of the table: a changed mapping must fail here.
 DEFAULT = {

@@ -12,7 +12,8 @@ import pytest
 
 from nicwarden.agent.errors import InvalidArgument, NotFound, Unsupported
 from nicwarden.agent.host import vfnetlink as vn
-from nicwarden.agent.host.vfnetlink import NetlinkFailure, NetlinkMessage, VfSettings
+from nicwarden.agent.host.rtnl import NetlinkFailure, NetlinkMessage
+from nicwarden.agent.host.vfnetlink import VfSettings
 
 pytestmark = pytest.mark.skipif(sys.byteorder != "little", reason="expected bytes are LE")
 
@@ -56,10 +57,6 @@ def test_vlan_8021ad_uses_the_vlan_list_with_a_big_endian_proto_padded_to_16() -
 )
 def test_small_attributes(built: bytes, expected: str) -> None:
     assert built == hx(expected)
-
-
-def test_attribute_padding_to_four_bytes() -> None:
-    assert vn.nla(3, b"ab\0") == hx("07 00 03 00  61 62 00  00")
 
 
 # -- whole messages --------------------------------------------------------
@@ -171,18 +168,6 @@ def test_nested_flag_on_the_list_is_ignored() -> None:
     nested = struct.pack("<BxHiII", 0, 1, 7, 0, 0) + attr(22 | 0x8000, vf_info_1())
     parsed = vn.parse_link_vfs(nested)
     assert parsed is not None and list(parsed) == [1]
-
-
-def test_messages_split_and_error_with_extack() -> None:
-    orig = hx("34 00 00 00  13 00 05 00  05 00 00 00  00 00 00 00")
-    text = b"VF configuration is not supported\0"
-    payload = struct.pack("<i", -errno.EOPNOTSUPP) + orig + attr(1, text)
-    error = struct.pack("<IHHII", 16 + len(payload), 2, 0x300, 5, 0) + payload
-    ack = struct.pack("<IHHII", 36, 2, 0x100, 6, 0) + struct.pack("<i", 0) + orig
-    msgs = vn.messages(error + ack)
-    assert [(m.type, m.seq) for m in msgs] == [(2, 5), (2, 6)]
-    assert vn.parse_error(msgs[0]) == (errno.EOPNOTSUPP, "VF configuration is not supported")
-    assert vn.parse_error(msgs[1]) == (0, "")
 
 
 # -- the configurator over a fake transport --------------------------------
