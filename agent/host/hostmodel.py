@@ -23,16 +23,16 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
 from collections.abc import Iterable
-from contextlib import closing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from nicwarden.agent.errors import InvalidArgument
 
-from . import netns
-from .netlink import open_iproute
+from . import errnos, netns, rtnl
 from .netns import NETNS_DIR, Target
+from .rtnl import NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NetlinkFailure, RtnlSocket
 
 STRICT_ARP = {"arp_ignore": "1", "arp_announce": "2"}
 
@@ -41,7 +41,6 @@ LOCAL_TABLE = 255
 LOCAL_PREF = 100  # where the local table's rule moves to
 ALLOW_PREF = 9  # "to <addr> iif <its interface>|lo lookup local"
 DROP_PREF = 10  # "to <addr> blackhole"
-_BLACKHOLE = "FR_ACT_BLACKHOLE"
 
 
 def _conf_dir(ifname: str) -> Path:
@@ -86,86 +85,128 @@ def deliver_only_via(target: Target, ifname: str, addresses: Iterable[IPAddress]
     wanted = sorted(set(addresses), key=lambda a: (a.version, int(a)))
     if not wanted:
         return
-    with closing(open_iproute(str(target))) as ipr:
+    with RtnlSocket(target) as nl:
         for family in sorted({_family(a) for a in wanted}):
-            _move_local_rule(ipr, family)
-        for addr in wanted:
-            family, bits = _family(addr), addr.max_prefixlen
-            have = {_rule_key(r): r for r in _rules_for(ipr, family, addr)}
-            want = [(ALLOW_PREF, ifname), (ALLOW_PREF, "lo"), (DROP_PREF, "")]
-            # Allow first, then drop, then remove the old: never a moment in
-            # which the address is unreachable through its own interface.
-            for prio, via in want:
-                if (prio, via) in have:
-                    continue
-                extra: dict[str, Any] = (
-                    {"iifname": via, "table": LOCAL_TABLE} if via else {"action": _BLACKHOLE}
-                )
-                ipr.rule("add", family=family, priority=prio, dst=str(addr), dst_len=bits, **extra)
-            for key, rule in have.items():
-                if key not in want:
-                    _delete(ipr, rule)
+            rules = _rules(nl, family)
+            _move_local_rule(nl, family, rules)
+            for addr in (a for a in wanted if _family(a) == family):
+                have = {
+                    (r.prio, r.iif): r
+                    for r in rules
+                    if r.prio in (ALLOW_PREF, DROP_PREF) and r.dst == addr
+                }
+                want = [(ALLOW_PREF, ifname), (ALLOW_PREF, "lo"), (DROP_PREF, "")]
+                # Allow first, then drop, then remove the old: never a moment
+                # in which the address is unreachable through its own interface.
+                for prio, via in want:
+                    if (prio, via) not in have:
+                        _add(nl, family, prio, addr, via)
+                for key, rule in have.items():
+                    if key not in want:
+                        what = f"delete rule pref {rule.prio} to {addr} iif {rule.iif or 'any'}"
+                        _request(nl, _RTM_DELRULE, rule.payload, what)
 
 
 def delivery_rules(target: Target) -> list[tuple[int, str, str]]:
     """(priority, iif or "", destination) of the rules ``deliver_only_via``
     manages, for tests and diagnostics."""
+    with RtnlSocket(target) as nl:
+        return sorted(
+            (r.prio, r.iif, str(r.dst))
+            for family in (socket.AF_INET, socket.AF_INET6)
+            for r in _rules(nl, family)
+            if r.prio in (ALLOW_PREF, DROP_PREF) and r.dst is not None
+        )
+
+
+# -- FIB rules over rtnetlink (include/uapi/linux/fib_rules.h) -----------------
+
+_RTM_NEWRULE, _RTM_DELRULE, _RTM_GETRULE = 32, 33, 34
+_FRA_DST, _FRA_IIFNAME, _FRA_PRIORITY, _FRA_TABLE = 1, 3, 6, 15
+_FR_ACT_TO_TBL, _FR_ACT_BLACKHOLE = 1, 6
+# family, dst_len, src_len, tos, table, res1, res2, action; flags
+_FIB_RULE_HDR = struct.Struct("=BBBBBBBBI")
+
+
+@dataclass(frozen=True)
+class _Rule:
+    family: int
+    prio: int
+    action: int
+    table: int
+    dst: IPAddress | None  # a host route's address (None: any destination)
+    iif: str
+    # As dumped: sent back as RTM_DELRULE, it deletes exactly this rule.
+    payload: bytes = field(repr=False)
+
+
+def _rules(nl: RtnlSocket, family: int) -> list[_Rule]:
+    try:
+        msgs = nl.request(_RTM_GETRULE, NLM_F_DUMP, _FIB_RULE_HDR.pack(family, *[0] * 8))
+    except NetlinkFailure as e:
+        raise errnos.named(e.code, "list policy-routing rules", detail=e.text) from e
     out = []
-    with closing(open_iproute(str(target))) as ipr:
-        for family in (socket.AF_INET, socket.AF_INET6):
-            for rule in ipr.get_rules(family=family):
-                prio = int(rule.get_attr("FRA_PRIORITY") or 0)
-                if prio in (ALLOW_PREF, DROP_PREF):
-                    iif = str(rule.get_attr("FRA_IIFNAME") or "")
-                    out.append((prio, iif, str(rule.get_attr("FRA_DST"))))
-    return sorted(out)
+    for m in msgs:
+        fam, _, _, _, table, _, _, action, _ = _FIB_RULE_HDR.unpack_from(m.payload)
+        a = dict(rtnl.attrs(m.payload[_FIB_RULE_HDR.size :]))
+        out.append(
+            _Rule(
+                family=fam,
+                prio=_u32(a.get(_FRA_PRIORITY)),
+                action=action,
+                table=_u32(a.get(_FRA_TABLE)) or table,
+                dst=ipaddress.ip_address(a[_FRA_DST]) if _FRA_DST in a else None,
+                iif=rtnl.cstr(a.get(_FRA_IIFNAME, b"")),
+                payload=m.payload,
+            )
+        )
+    return out
+
+
+def _add(
+    nl: RtnlSocket, family: int, prio: int, addr: IPAddress | None = None, via: str = ""
+) -> None:
+    """``to addr iif via lookup local`` (``via`` given), ``to addr
+    blackhole`` (no ``via``), or with no address ``lookup local``."""
+    blackhole = addr is not None and not via
+    table = 0 if blackhole else LOCAL_TABLE
+    action = _FR_ACT_BLACKHOLE if blackhole else _FR_ACT_TO_TBL
+    bits = addr.max_prefixlen if addr is not None else 0
+    body = _FIB_RULE_HDR.pack(family, bits, 0, 0, table, 0, 0, action, 0)
+    body += rtnl.nla_u32(_FRA_PRIORITY, prio)
+    if addr is not None:
+        body += rtnl.nla(_FRA_DST, addr.packed)
+    if via:
+        body += rtnl.nla_str(_FRA_IIFNAME, via)
+    if table:
+        body += rtnl.nla_u32(_FRA_TABLE, table)
+    what = f"add rule pref {prio} to {addr or 'all'} iif {via or 'any'}"
+    _request(nl, _RTM_NEWRULE, body, what, NLM_F_CREATE | NLM_F_EXCL)
+
+
+def _request(nl: RtnlSocket, msg_type: int, body: bytes, what: str, flags: int = 0) -> None:
+    try:
+        nl.request(msg_type, NLM_F_ACK | flags, body)
+    except NetlinkFailure as e:
+        raise errnos.named(e.code, what, detail=e.text) from e
+
+
+def _u32(raw: bytes | None) -> int:
+    return int(struct.unpack("=I", raw)[0]) if raw is not None and len(raw) == 4 else 0
 
 
 def _family(addr: IPAddress) -> int:
     return socket.AF_INET if addr.version == 4 else socket.AF_INET6
 
 
-def _rules_for(ipr: Any, family: int, addr: IPAddress) -> list[Any]:
-    return [
+def _move_local_rule(nl: RtnlSocket, family: int, rules: list[_Rule]) -> None:
+    local = [
         r
-        for r in ipr.get_rules(family=family)
-        if int(r.get_attr("FRA_PRIORITY") or 0) in (ALLOW_PREF, DROP_PREF)
-        and r.get_attr("FRA_DST") is not None
-        and ipaddress.ip_address(r.get_attr("FRA_DST")) == addr
+        for r in rules
+        if r.action == _FR_ACT_TO_TBL and r.table == LOCAL_TABLE and r.dst is None and not r.iif
     ]
-
-
-def _rule_key(rule: Any) -> tuple[int, str]:
-    return int(rule.get_attr("FRA_PRIORITY") or 0), str(rule.get_attr("FRA_IIFNAME") or "")
-
-
-def _delete(ipr: Any, rule: Any) -> None:
-    iif = rule.get_attr("FRA_IIFNAME")
-    kwargs: dict[str, Any] = {
-        "family": rule["family"],
-        "priority": int(rule.get_attr("FRA_PRIORITY") or 0),
-        "dst": rule.get_attr("FRA_DST"),
-        "dst_len": rule["dst_len"],
-    }
-    if iif:
-        kwargs["iifname"] = iif
-    if rule["action"] == 1:
-        kwargs["table"] = LOCAL_TABLE
-    else:
-        kwargs["action"] = _BLACKHOLE
-    ipr.rule("del", **kwargs)
-
-
-def _move_local_rule(ipr: Any, family: int) -> None:
-    prios = {
-        int(r.get_attr("FRA_PRIORITY") or 0)
-        for r in ipr.get_rules(family=family)
-        if r["action"] == 1
-        and int(r.get_attr("FRA_TABLE") or r["table"]) == LOCAL_TABLE
-        and r.get_attr("FRA_DST") is None
-        and not r.get_attr("FRA_IIFNAME")
-    }
-    if LOCAL_PREF not in prios:
-        ipr.rule("add", family=family, priority=LOCAL_PREF, table=LOCAL_TABLE)
-    if 0 in prios:
-        ipr.rule("del", family=family, priority=0, table=LOCAL_TABLE)
+    if all(r.prio != LOCAL_PREF for r in local):
+        _add(nl, family, LOCAL_PREF)
+    for r in local:
+        if r.prio == 0:
+            _request(nl, _RTM_DELRULE, r.payload, "move the local table's rule from pref 0")

@@ -64,3 +64,23 @@ def test_reapplying_is_idempotent_and_a_moved_address_follows(netns: Callable[[]
     assert (hostmodel.ALLOW_PREF, "b1", "10.9.1.1") in rules
     assert (hostmodel.ALLOW_PREF, "a1", "10.9.1.1") not in rules
     assert [r for r in rules if r[2] == "10.9.1.1" and r[0] == hostmodel.DROP_PREF]
+
+
+def test_rules_written_by_another_tool_are_replaced_exactly(netns: Callable[[], str]) -> None:
+    """Rules are deleted by sending back what the kernel listed, so a rule
+    of any shape (here iproute2's, an earlier owner of the address) goes,
+    and nothing else: the unrelated rule stays."""
+    pod, peer = pod_with_two_networks(netns)
+    ip_rule = ("ip", "-n", pod, "rule", "add", "to", "10.9.1.1")
+    run(*ip_rule, "iif", "b1", "lookup", "local", "pref", str(hostmodel.ALLOW_PREF))
+    run(*ip_rule[:-1], "10.9.3.0/24", "lookup", "main", "pref", "50")
+    assert ping_ok(peer, "10.9.1.1")
+    hostmodel.deliver_only_via(pod, "a1", [A("10.9.1.1")])
+    rules = hostmodel.delivery_rules(pod)
+    assert [r for r in rules if r[2] == "10.9.1.1"] == [
+        (hostmodel.ALLOW_PREF, "a1", "10.9.1.1"),
+        (hostmodel.ALLOW_PREF, "lo", "10.9.1.1"),
+        (hostmodel.DROP_PREF, "", "10.9.1.1"),
+    ]
+    assert "to 10.9.3.0/24 lookup main" in run("ip", "-n", pod, "rule", "show").stdout
+    assert not ping_ok(peer, "10.9.1.1")  # b1 no longer delivers a1's address
