@@ -15,6 +15,7 @@ from any thread, one request at a time. Netlink integers are host-endian.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 import socket
@@ -41,6 +42,10 @@ NLM_F_CAPPED = 0x100  # on an NLMSG_ERROR: the request is quoted without its bod
 NLM_F_ACK_TLVS = 0x200  # on an NLMSG_ERROR: extended-ack attributes follow
 NLMSGERR_ATTR_MSG = 1
 NLA_TYPE_MASK = 0x3FFF  # strips NLA_F_NESTED / NLA_F_NET_BYTEORDER
+
+# The kernel answers rtnetlink at once; no answer means something is badly
+# wrong, and a caller holding a lock must not wait for ever.
+TIMEOUT_S = 5.0
 
 _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _NLA = struct.Struct("=HH")  # len, type
@@ -140,7 +145,7 @@ class RtnlSocket:
     """One rtnetlink socket, opened in ``target``'s netns (None: this
     thread's). Not thread-safe: one request at a time."""
 
-    def __init__(self, target: netns.Target | None = None, timeout_s: float | None = None) -> None:
+    def __init__(self, target: netns.Target | None = None, timeout_s: float = TIMEOUT_S) -> None:
         self._sock = _open() if target is None else netns.run_in(target, _open)
         self._sock.settimeout(timeout_s)
         self._seq = itertools.count(1)
@@ -164,8 +169,14 @@ class RtnlSocket:
         get's answer, a dump's messages, nothing for a change).
 
         Raises NetlinkFailure with the errno (and the kernel's extended-ACK
-        text) when the kernel refuses, TimeoutError past the timeout. A
+        text) when the kernel refuses, ``ETIMEDOUT`` past the timeout. A
         request needs ``NLM_F_ACK`` or ``NLM_F_DUMP`` to be answered at all."""
+        try:
+            return self._exchange(message)
+        except TimeoutError as e:
+            raise NetlinkFailure(errno.ETIMEDOUT, "the kernel did not answer") from e
+
+    def _exchange(self, message: bytes) -> list[NetlinkMessage]:
         seq = _NLMSGHDR.unpack_from(message)[3]
         self._sock.send(message)
         replies: list[NetlinkMessage] = []
@@ -186,7 +197,7 @@ class RtnlSocket:
                 replies.append(msg)
 
 
-def netlink_request(message: bytes, timeout_s: float = 5.0) -> list[NetlinkMessage]:
+def netlink_request(message: bytes, timeout_s: float = TIMEOUT_S) -> list[NetlinkMessage]:
     """One built request in the host netns, on a socket of its own."""
     with RtnlSocket(timeout_s=timeout_s) as s:
         return s.exchange(message)

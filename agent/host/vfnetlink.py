@@ -29,7 +29,6 @@ from nicwarden.agent.errors import (
     InvalidArgument,
     NicwardenError,
     NotFound,
-    Unavailable,
     Unsupported,
 )
 from nicwarden.agent.host import errnos
@@ -306,8 +305,6 @@ class NetlinkVfConfigurator:
             return self._transport(message)
         except NetlinkFailure as e:
             raise translate(e, what) from e
-        except TimeoutError as e:
-            raise Unavailable(f"{what}: the kernel did not answer") from e
 
     def get_all(self, pf_ifname: str) -> dict[int, VfSettings]:
         index = self._index(pf_ifname)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Protocol
 
-from nicwarden.agent.errors import HostError, NotFound, Unavailable, Unsupported
+from nicwarden.agent.errors import HostError, NotFound, Unsupported
 from nicwarden.agent.host import netns, rtnl
 from nicwarden.agent.host.paths import HostPaths
 from nicwarden.agent.host.vfnetlink import (
@@ -194,8 +194,6 @@ class NetlinkVfStatsReader:
             replies = self._transport(getlink_vfs(index, self._seq))
         except rtnl.NetlinkFailure as e:
             raise translate(e, what) from e
-        except TimeoutError as e:
-            raise Unavailable(f"{what}: the kernel did not answer") from e
         per_index: dict[int, dict[str, int]] | None = None
         for msg in replies:
             if msg.type == RTM_NEWLINK:

@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nicwarden.agent.host import rtnl
+from nicwarden.agent.errors import Unavailable
+from nicwarden.agent.host import errnos, rtnl
 from nicwarden.agent.host.rtnl import NLM_F_ACK, NLM_F_DUMP, NetlinkFailure, RtnlSocket
 
 pytestmark = pytest.mark.skipif(sys.byteorder != "little", reason="expected bytes are LE")
@@ -55,7 +56,9 @@ class Scripted:
 
     def recv_into(self, buf: bytearray, size: int, flags: int) -> int:
         assert flags & 2  # MSG_PEEK: the datagram stays for recv()
-        self._next = next(self._pending)
+        self._next = next(self._pending, None)
+        if self._next is None:
+            raise TimeoutError("timed out")  # what a socket timeout raises
         return len(self._next)
 
     def recv(self, size: int) -> bytes:
@@ -155,3 +158,11 @@ def test_a_refusal_without_extack() -> None:
     with pytest.raises(NetlinkFailure) as e:
         sock.request(18, NLM_F_ACK, BODY)
     assert (e.value.code, e.value.text) == (errno.ENODEV, "")
+
+
+def test_no_answer_is_etimedout_which_names_unavailable() -> None:
+    sock, _ = client([[]])
+    with pytest.raises(NetlinkFailure) as e:
+        sock.request(36, NLM_F_ACK, BODY)
+    assert (e.value.code, e.value.text) == (errno.ETIMEDOUT, "the kernel did not answer")
+    assert isinstance(errnos.named(e.value.code, "add clsact"), Unavailable)
