@@ -30,6 +30,8 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 CNI_COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
 # Latencies span a cached STATUS (~1 ms) to a slow ADD with IPAM (~1 s).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# A watch event that changes nothing should cost well under a millisecond.
+EVENT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5)
 # A CNI error's code, back to the nearest kind (cni/errors.py CNI_CODES, plus
 # the codes only the CNI layer raises).
 _CNI_CODE_KINDS = {
@@ -88,11 +90,21 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._watch_event = Histogram(
+            C.SOURCE_WATCH_EVENT.name,
+            C.SOURCE_WATCH_EVENT.help,
+            list(C.SOURCE_WATCH_EVENT.labels),
+            buckets=EVENT_BUCKETS,
+            registry=self.registry,
+        )
         self._errors = Counter(
             C.ERRORS.name, C.ERRORS.help, list(C.ERRORS.labels), registry=self.registry
         )
         self._server: Any = None
         self._thread: threading.Thread | None = None
+
+    def watch_event(self, kind: str, changed: bool, seconds: float) -> None:
+        self._watch_event.labels(kind, "changed" if changed else "unchanged").observe(seconds)
 
     def rpc(self, method: str, outcome: str) -> None:
         self._rpc.labels(method, outcome).inc()

@@ -147,6 +147,16 @@ SOURCE_LAG = MetricSpec(
     "Age of the oldest object event (Namespace, Pod, NAD, MultiNetworkPolicy) the policy"
     " enforcer has not applied yet; 0 when none is queued.",
 )
+SOURCE_WATCH_EVENT = MetricSpec(
+    "nicwarden_source_watch_event_seconds",
+    "histogram",
+    "Time the agent took to handle one watch event, from its line read to the decision:"
+    " parsing, projection, the comparison with what it already has and, when something"
+    " enforcement reads changed, the hand-over to the policy enforcer's queue (outcome"
+    " changed; otherwise unchanged). Queue waits under backpressure count; the enforcer's"
+    " own work does not.",
+    ("kind", "outcome"),
+)
 SOURCE_QUEUED = MetricSpec(
     "nicwarden_source_events_queued",
     "gauge",
@@ -216,6 +226,7 @@ ALL: tuple[MetricSpec, ...] = (
     DROP_EVENTS,
     DROP_EVENTS_LOST,
     SOURCE_LAG,
+    SOURCE_WATCH_EVENT,
     SOURCE_QUEUED,
     SOURCE_APPLIED,
     SOURCE_COALESCED,

@@ -450,6 +450,7 @@ class AgentRuntime:
                 self.node_name,
                 pod_metadata_only=self.config.kubernetes.pod_metadata_only,
                 pause=self.cni_priority.wait_idle,
+                timed=self.metrics.watch_event,
             )
             if self.config.kubernetes.events:
                 self.events = EventRecorder(api, self.node_name)

@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from ._kube import client, config
 from .kinds import KINDS, RESOURCES
 from .ledger import Ledger
-from .reflector import Reflector, WatchSettings
+from .reflector import EventTimer, Reflector, WatchSettings
 from .source import Sink, SourceProblem
 
 log = logging.getLogger(__name__)
@@ -80,10 +80,12 @@ class ApiSource:
         page_size: int = 500,
         pod_metadata_only: bool = False,
         pause: Callable[[], None] | None = None,
+        timed: EventTimer | None = None,
     ) -> None:
         """``pause`` is called between the objects of a list and of a relist's
         diff; it may wait while more urgent work runs (CNI requests: see
-        policy_feed.Priority), for a bounded time."""
+        policy_feed.Priority), for a bounded time. ``timed`` hears how long
+        each watch event took to handle."""
         self.node_name = node_name  # names this agent in logs
         self._client = api_client
         self._settings = WatchSettings(
@@ -119,6 +121,7 @@ class ApiSource:
                     metadata_only=partial,
                     field_selector=PEER_PODS if partial else None,
                     pause=pause,
+                    timed=timed,
                 )
             )
 

@@ -76,6 +76,10 @@ class _Gone(Exception):
         return "HTTP 410 Gone"
 
 
+# (kind, changed, seconds) of one handled watch event.
+EventTimer = Callable[[str, bool, float], None]
+
+
 class Reflector:
     def __init__(
         self,
@@ -89,6 +93,7 @@ class Reflector:
         metadata_only: bool = False,
         field_selector: str | None = None,
         pause: Callable[[], None] | None = None,
+        timed: EventTimer | None = None,
     ) -> None:
         self.resource = resource
         self._call = call  # the client's list function for this kind
@@ -107,6 +112,7 @@ class Reflector:
         # Called between the items of a list: waits while more urgent work
         # (a CNI request) runs, for a bounded time (policy_feed.Priority).
         self._pause = pause or no_pause
+        self._timed = timed
         self._problem: SourceProblem | None = None
         self.synced = threading.Event()
         self.resource_version: str | None = None
@@ -300,9 +306,12 @@ class Reflector:
                 if self._stopping.is_set():
                     return
                 self._pause()  # a burst of events nobody needs never reaches the feed's
+                start = time.perf_counter()
                 event = json.loads(line)
                 if isinstance(event, dict):
-                    self._handle(event)
+                    changed = self._handle(event)
+                    if changed is not None and self._timed is not None:
+                        self._timed(self.kind, changed, time.perf_counter() - start)
         finally:
             with self._lock:
                 self._response = None
@@ -310,7 +319,9 @@ class Reflector:
                 response.close()
                 response.release_conn()
 
-    def _handle(self, event: Mapping[str, Any]) -> None:
+    def _handle(self, event: Mapping[str, Any]) -> bool | None:
+        """Whether the event changed what the ledger delivers (None: not an
+        object event)."""
         kind = event.get("type")
         raw = event.get("object")
         if kind == "ERROR":
@@ -324,9 +335,10 @@ class Reflector:
             raise error
         if not isinstance(raw, dict):
             log.warning("watch event without an object", extra={"kind": self.kind, "type": kind})
-            return
+            return None
         meta = raw.get("metadata")
         version = meta.get("resourceVersion") if isinstance(meta, dict) else None
+        changed: bool | None = None
         if kind == "BOOKMARK":
             # Nothing changed up to this version: resume from here next time.
             pass
@@ -335,18 +347,19 @@ class Reflector:
             if key is None:
                 log.warning("watched object has no name", extra={"kind": self.kind})
             elif kind == "DELETED":
-                self._ledger.remove(key, obj)
+                changed = self._ledger.remove(key, obj)
             else:
                 # A resumed watch may replay what we have, and most writes
                 # to a pod touch nothing we keep: the ledger drops both.
-                self._ledger.upsert(key, obj)
+                changed = self._ledger.upsert(key, obj)
         else:
             log.warning("unknown watch event type", extra={"kind": self.kind, "type": kind})
-            return
+            return None
         if isinstance(version, str) and version:
             self.resource_version = version
         self._fresh_list = False
         self._healthy()
+        return changed
 
     # -- helpers ----------------------------------------------------------
 

@@ -307,6 +307,29 @@ def test_bookmark_advances_the_version_without_events(
     assert len(log) == 4
 
 
+def test_each_watch_event_is_timed_with_its_outcome(
+    server: FakeApiServer, make_source: Any
+) -> None:
+    """What nicwarden_source_watch_event_seconds observes: one entry per
+    object event, "changed" when the ledger passed it on, "unchanged" when
+    nothing enforcement reads moved; bookmarks are not object events."""
+    timed: list[tuple[str, bool, float]] = []
+    source = make_source(timed=lambda kind, changed, s: timed.append((kind, changed, s)))
+    log = start_synced(source, server)
+    web = server.add(pod("prod", "web", {"app": "web"}))
+    log.wait_for(1)
+    web["metadata"]["annotations"]["example.com/unread"] = "1"
+    server.update(web)
+    server.bookmark()
+    server.delete(web)
+    log.wait_for(2)
+    wait_until(lambda: len(timed) == 3, what="three pod events timed")
+    time.sleep(0.1)
+    assert [(k, c) for k, c, _ in timed] == [("Pod", True), ("Pod", False), ("Pod", True)]
+    assert all(0 < s < 5 for _, _, s in timed)
+    assert len(log) == 2  # the unread annotation reached nobody
+
+
 def test_dropped_watch_resumes_from_the_last_version_losing_nothing(
     server: FakeApiServer, make_source: Any
 ) -> None:
