@@ -335,8 +335,15 @@ def agent_on(tmp: Path, kubeconfig: Path | None, node: str) -> Iterator[Running]
 def idle_rss(tmp: Path) -> None:
     (tmp / "idle").mkdir()
     with agent_on(tmp / "idle", None, "idle-node") as agent:
-        settle(agent.proc.pid, quiet=2.0, timeout=60)
-        row("idle agent RSS, 4x64 node, no cluster", f"{rss_mb(agent.proc.pid):.0f} MB", "< 120 MB")
+        note = ""
+        try:
+            settle(agent.proc.pid, quiet=2.0, timeout=60)
+        except Timeout:
+            # Its periodic rescans of the 256-VF sysfs tree can keep an idle
+            # agent above settle()'s noise floor on a loaded machine.
+            note = " (not quiet after 60 s)"
+        rss = f"{rss_mb(agent.proc.pid):.0f} MB{note}"
+        row("idle agent RSS, 4x64 node, no cluster", rss, "< 120 MB")
 
 
 def policy_synced(agent: Running) -> bool:
