@@ -29,6 +29,7 @@ from nicwarden.agent.errors import AlreadyExists, ConfigError, NicwardenError
 from nicwarden.agent.gc_policy import FullCollections
 from nicwarden.agent.runtime import AgentRuntime, state_lock_path
 from nicwarden.agent.sockets import claim, lock_down, release
+from nicwarden.agent.thread_names import ThreadNamer
 from nicwarden.proto.nicwarden.v1 import agent_pb2_grpc as pb_grpc
 
 log = logging.getLogger("nicwarden.agent")
@@ -251,12 +252,14 @@ def main(argv: list[str] | None = None) -> int:
     # threads and returns here at once.
     full_collections = FullCollections()
     full_collections.install()
+    names = ThreadNamer()
     try:
         while not stop.wait(0.2):
             if reload_requested.is_set():
                 reload_requested.clear()
                 _reload(agent, args)
             full_collections.tick()
+            names.tick()
         agent.stop()
     finally:
         full_collections.uninstall()

@@ -198,6 +198,15 @@ SOURCE_MALFORMED_TOTAL = MetricSpec(
     " agent logs each such change once.",
     ("kind",),
 )
+THREAD_CPU = MetricSpec(
+    "nicwarden_thread_cpu_seconds_total",
+    "counter",
+    "CPU time (user and system) of the agent's threads by role: the Python thread's name"
+    " without its instance number (policy-feed, k8s-watch-pods, inventory, grpc, ...);"
+    " threads Python did not start (gRPC's core, native libraries) are other. A thread that"
+    " exits keeps what it had used at the last scrape.",
+    ("thread",),
+)
 SCRAPE_SUCCESS = MetricSpec(
     "nicwarden_scrape_collector_success",
     "gauge",
@@ -234,5 +243,6 @@ ALL: tuple[MetricSpec, ...] = (
     SOURCE_SYNCED,
     SOURCE_MALFORMED,
     SOURCE_MALFORMED_TOTAL,
+    THREAD_CPU,
     SCRAPE_SUCCESS,
 )

@@ -9,6 +9,8 @@ scrape gets a whole snapshot or a clear error, never a part of one.
 from __future__ import annotations
 
 import logging
+import os
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
@@ -328,3 +330,51 @@ class SourceFeedCollector:
             counter = CounterMetricFamily(spec.name, spec.help)
             counter.add_metric([], value)
             yield counter
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+# "grpc_3", "Thread-7 (serve_forever)", "sysfs-write:sriov_numvfs",
+# "cni-http /run/nicwarden/cni.sock": one role each, whatever the instance.
+_INSTANCE = re.compile(r"^Thread-\d+ \((?P<target>[^)]*)\)$|([_:-]\d+)+$|:.*$| .*$")
+
+
+def thread_role(name: str) -> str:
+    """A thread's name without what differs between instances of its role."""
+    m = _INSTANCE.search(name)
+    if m is None:
+        return name
+    if m.group("target") is not None:
+        return m.group("target")
+    return name[: m.start()] or name
+
+
+class ThreadCpuCollector:
+    """CPU per thread role, read from /proc/self/task at scrape time: which
+    part of the agent uses the CPU (policy events, inventory scans, CNI)."""
+
+    def __init__(self, task_dir: str = "/proc/self/task") -> None:
+        self._task_dir = task_dir
+        self._counted = Monotonic()
+
+    def collect(self) -> Iterator[Metric]:
+        roles = {t.native_id: thread_role(t.name) for t in threading.enumerate()}
+        raw: dict[tuple[tuple[str, ...], str], int] = {}
+        try:
+            tids = os.listdir(self._task_dir)
+        except OSError as e:
+            log.warning("thread CPU: cannot list %s: %s", self._task_dir, e)
+            yield success("threads", False)
+            return
+        for tid in tids:
+            try:
+                with open(f"{self._task_dir}/{tid}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue  # the thread exited since the listing
+            role = roles.get(int(tid), "other")
+            raw[((role,), tid)] = int(fields[11]) + int(fields[12])  # utime + stime
+        fam = CounterMetricFamily(C.THREAD_CPU.name, C.THREAD_CPU.help, labels=["thread"])
+        for (role,), ticks in sorted(self._counted.update(raw).items()):
+            fam.add_metric([role], ticks / _TICKS)
+        yield fam
+        yield success("threads", True)

@@ -227,6 +227,7 @@ class AgentRuntime:
             PolicyCollector,
             PoolCollector,
             SourceFeedCollector,
+            ThreadCpuCollector,
             VfStatsCollector,
         )
 
@@ -246,6 +247,7 @@ class AgentRuntime:
             SourceFeedCollector(
                 lambda: self.policy_feed.stats() if self.policy_feed is not None else None
             ),
+            ThreadCpuCollector(),
         ):
             self.metrics.add_collector(collector)
 

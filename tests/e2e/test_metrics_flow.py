@@ -170,6 +170,11 @@ def test_deny_all_drops_are_counted_per_pod_network_and_direction(
             and lab["verdict"] == "drop_policy"
         ]
         assert all(v == 0 for v in client_in)
+        # CPU by thread role (in clock ticks: a light thread may show 0 yet).
+        cpu = {lab["thread"]: v for n, lab, v in after if n == "nicwarden_thread_cpu_seconds_total"}
+        assert {"MainThread", "policy-feed", "k8s-directory", "inventory"} <= set(cpu), cpu
+        assert sum(cpu.values()) > 0 and all(v >= 0 for v in cpu.values())
+        assert ("nicwarden_scrape_collector_success", {"collector": "threads"}, 1.0) in after
     finally:
         kill_agent(agent)
         cleanup_node(agent.prefix)
