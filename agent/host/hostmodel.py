@@ -49,20 +49,6 @@ def _conf_dir(ifname: str) -> Path:
     return Path("/proc/sys/net/ipv4/conf") / ifname
 
 
-def set_strict_arp(target: Target, ifname: str, netns_dir: Path = NETNS_DIR) -> None:
-    """Set ``STRICT_ARP`` on ``ifname`` in ``target``'s netns.
-
-    /proc/sys/net shows the netns of the thread that opens it, so the files
-    are opened inside ``run_in``."""
-    conf = _conf_dir(ifname)
-
-    def write() -> None:
-        for name, value in STRICT_ARP.items():
-            (conf / name).write_text(value)
-
-    netns.run_in(target, write, netns_dir)
-
-
 def arp_settings(target: Target, ifname: str, netns_dir: Path = NETNS_DIR) -> dict[str, str]:
     """The current values of ``STRICT_ARP``'s keys on ``ifname``."""
     conf = _conf_dir(ifname)
@@ -72,9 +58,12 @@ def arp_settings(target: Target, ifname: str, netns_dir: Path = NETNS_DIR) -> di
 
 
 def apply(target: Target, ifname: str, addresses: Iterable[IPAddress]) -> None:
-    """The whole strict host model for one pod interface and its addresses."""
-    set_strict_arp(target, ifname)
-    deliver_only_via(target, ifname, addresses)
+    """The whole strict host model for one pod interface and its addresses,
+    over one netlink socket in the pod's netns."""
+    _conf_dir(ifname)  # the same name check
+    with RtnlSocket(target) as nl:
+        _set_strict_arp(nl, ifname)
+        _deliver_only_via(nl, ifname, addresses)
 
 
 def deliver_only_via(target: Target, ifname: str, addresses: Iterable[IPAddress]) -> None:
@@ -82,29 +71,52 @@ def deliver_only_via(target: Target, ifname: str, addresses: Iterable[IPAddress]
     ``ifname`` (or sent by the pod itself). Replaces any earlier rules for
     these addresses (an address moved to another interface)."""
     _conf_dir(ifname)  # the same name check
+    with RtnlSocket(target) as nl:
+        _deliver_only_via(nl, ifname, addresses)
+
+
+# -- devconf over rtnetlink --------------------------------------------------------
+# RTM_SETLINK with IFLA_AF_SPEC / AF_INET / IFLA_INET_CONF sets IPv4 devconf
+# entries by their IPV4_DEVCONF_* number (include/uapi/linux/ip.h), as a
+# sysctl write does. Measured in a pod's netns: opening the two sysctl files
+# there cost more than the rest of the host model together.
+_RTM_SETLINK = 19
+_IFLA_IFNAME, _IFLA_AF_SPEC, _IFLA_INET_CONF = 3, 26, 1
+_DEVCONF = {"arp_announce": 18, "arp_ignore": 19}
+_IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
+
+
+def _set_strict_arp(nl: RtnlSocket, ifname: str) -> None:
+    conf = b"".join(rtnl.nla_u32(_DEVCONF[k], int(v)) for k, v in STRICT_ARP.items())
+    inet = rtnl.nla(socket.AF_INET, rtnl.nla(_IFLA_INET_CONF, conf))
+    body = _IFINFO.pack(0, 0, 0, 0, 0) + rtnl.nla_str(_IFLA_IFNAME, ifname)
+    settings = ", ".join(f"{k}={v}" for k, v in STRICT_ARP.items())
+    _request(nl, _RTM_SETLINK, body + rtnl.nla(_IFLA_AF_SPEC, inet), f"set {settings} on {ifname}")
+
+
+def _deliver_only_via(nl: RtnlSocket, ifname: str, addresses: Iterable[IPAddress]) -> None:
     wanted = sorted(set(addresses), key=lambda a: (a.version, int(a)))
     if not wanted:
         return
-    with RtnlSocket(target) as nl:
-        for family in sorted({_family(a) for a in wanted}):
-            rules = _rules(nl, family)
-            _move_local_rule(nl, family, rules)
-            for addr in (a for a in wanted if _family(a) == family):
-                have = {
-                    (r.prio, r.iif): r
-                    for r in rules
-                    if r.prio in (ALLOW_PREF, DROP_PREF) and r.dst == addr
-                }
-                want = [(ALLOW_PREF, ifname), (ALLOW_PREF, "lo"), (DROP_PREF, "")]
-                # Allow first, then drop, then remove the old: never a moment
-                # in which the address is unreachable through its own interface.
-                for prio, via in want:
-                    if (prio, via) not in have:
-                        _add(nl, family, prio, addr, via)
-                for key, rule in have.items():
-                    if key not in want:
-                        what = f"delete rule pref {rule.prio} to {addr} iif {rule.iif or 'any'}"
-                        _request(nl, _RTM_DELRULE, rule.payload, what)
+    for family in sorted({_family(a) for a in wanted}):
+        rules = _rules(nl, family)
+        _move_local_rule(nl, family, rules)
+        for addr in (a for a in wanted if _family(a) == family):
+            have = {
+                (r.prio, r.iif): r
+                for r in rules
+                if r.prio in (ALLOW_PREF, DROP_PREF) and r.dst == addr
+            }
+            want = [(ALLOW_PREF, ifname), (ALLOW_PREF, "lo"), (DROP_PREF, "")]
+            # Allow first, then drop, then remove the old: never a moment
+            # in which the address is unreachable through its own interface.
+            for prio, via in want:
+                if (prio, via) not in have:
+                    _add(nl, family, prio, addr, via)
+            for key, rule in have.items():
+                if key not in want:
+                    what = f"delete rule pref {rule.prio} to {addr} iif {rule.iif or 'any'}"
+                    _request(nl, _RTM_DELRULE, rule.payload, what)
 
 
 def delivery_rules(target: Target) -> list[tuple[int, str, str]]:

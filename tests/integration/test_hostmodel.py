@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
+from nicwarden.agent.errors import NotFound
 from nicwarden.agent.host import hostmodel
 from tests.support.oracle import run
 from tests.support.traffic import ping_ok
@@ -84,3 +85,11 @@ def test_rules_written_by_another_tool_are_replaced_exactly(netns: Callable[[], 
     ]
     assert "to 10.9.3.0/24 lookup main" in run("ip", "-n", pod, "rule", "show").stdout
     assert not ping_ok(peer, "10.9.1.1")  # b1 no longer delivers a1's address
+
+
+def test_a_missing_interface_is_named_and_changes_nothing(netns: Callable[[], str]) -> None:
+    pod, _ = pod_with_two_networks(netns)
+    before = run("ip", "-n", pod, "rule", "show").stdout
+    with pytest.raises(NotFound, match="nwt-gone"):
+        hostmodel.apply(pod, "nwt-gone", [A("10.9.1.1")])
+    assert run("ip", "-n", pod, "rule", "show").stdout == before
