@@ -38,7 +38,7 @@ from nicwarden.agent.policy import (
 )
 from nicwarden.agent.policy.pod_record import pod_object
 from nicwarden.agent.policy_feed import PolicyFeed, Priority
-from nicwarden.agent.store import Attachment, AttachmentKey, Store
+from nicwarden.agent.store import Attachment, AttachmentKey, PolicyGeneration, Store
 from nicwarden.bpf.layout import IfaceKey
 
 if TYPE_CHECKING:
@@ -464,21 +464,31 @@ class PolicyEnforcer:
             return
         self.syncs += 1
         self.last_sync = time.time()
+        loaded: list[PolicyGeneration] = []
         for key in sorted(changed):
             local = self._locals.get(key)
             lowered = self.engine.lowered(key)
             if local is None or lowered is None:
                 continue
-            self._load(key, local, lowered)
+            if self._load(key, local, lowered):
+                loaded.append(
+                    PolicyGeneration(
+                        str(key), max(local.generation.values()), local.digest, local.applied_at
+                    )
+                )
+        # One commit for all. The records report what is loaded; a restart
+        # loads every interface from the engine again whatever they say.
+        self.store.set_policy_generations(loaded)
 
-    def _load(self, key: InterfaceKey, local: _Local, lowered: LoweredInterface) -> None:
+    def _load(self, key: InterfaceKey, local: _Local, lowered: LoweredInterface) -> bool:
+        """Whether new tables went into the kernel."""
         local.digest = lowered.digest()
         if self.datapath is None:
             local.error = f"no datapath: {self.datapath_error}"
-            return
+            return False
         isolated = lowered.ingress.isolated or lowered.egress.isolated
         if local.iface is None and not isolated:
-            return  # zero overhead: nothing attached until a policy isolates it
+            return False  # zero overhead: nothing attached until a policy isolates it
         from nicwarden.bpf.layout import Direction
 
         try:
@@ -493,12 +503,11 @@ class PolicyEnforcer:
                 local.generation[name] = self.datapath.apply(local.iface, direction, table)
             local.applied_at = time.time()
             local.error = "; ".join(lowered.errors)
-            self.store.set_policy_generation(
-                str(key), max(local.generation.values()), local.digest, local.applied_at
-            )
+            return True
         except Exception as e:
             local.error = f"datapath: {e}"
             log.error("policy load failed", extra={"iface": str(key), "error": str(e)})
+            return False
 
     # -- reporting -----------------------------------------------------------------
 

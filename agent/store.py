@@ -636,11 +636,18 @@ class Store:
         self, iface_key: str, generation: int, digest: str, applied_at: float | None = None
     ) -> None:
         applied = self._clock() if applied_at is None else applied_at
+        self.set_policy_generations([PolicyGeneration(iface_key, generation, digest, applied)])
+
+    def set_policy_generations(self, rows: Sequence[PolicyGeneration]) -> None:
+        """Several interfaces' records in one commit (a policy event that
+        reaches several interfaces loads them all, then records them)."""
+        if not rows:
+            return
         with self.transaction():
-            self._run(
+            self._run_many(
                 "INSERT OR REPLACE INTO policy_generations (iface_key, generation, digest,"
                 " applied_at) VALUES (?, ?, ?, ?)",
-                (iface_key, generation, digest, applied),
+                [(r.iface_key, r.generation, r.digest, r.applied_at) for r in rows],
             )
 
     def policy_generation(self, iface_key: str) -> PolicyGeneration | None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from nicwarden.agent.errors import AlreadyExists, Busy, InvalidArgument, NotFound, StoreError
-from nicwarden.agent.store import DB_NAME, SCHEMA_VERSION, AttachmentKey, Store
+from nicwarden.agent.store import DB_NAME, SCHEMA_VERSION, AttachmentKey, PolicyGeneration, Store
 
 TABLES = {"meta", "intents", "allocations", "attachments", "policy_generations"}
 
@@ -414,6 +414,23 @@ def test_policy_generations(store: Store) -> None:
     ]
     assert store.delete_policy_generation("c0/net1") is True
     assert store.delete_policy_generation("c0/net1") is False
+
+
+def test_policy_generations_in_one_commit(store: Store) -> None:
+    store.set_policy_generation("c1/net1", 1, "aaa")
+    store.set_policy_generations(
+        [PolicyGeneration("c1/net1", 3, "x", 7.0), PolicyGeneration("c2/net1", 1, "y", 8.0)]
+    )
+    assert store.policy_generations() == [
+        PolicyGeneration("c1/net1", 3, "x", 7.0),
+        PolicyGeneration("c2/net1", 1, "y", 8.0),
+    ]
+    store.set_policy_generations([])  # nothing to record: no transaction either
+    with pytest.raises(StoreError):  # a bad row fails the whole batch
+        store.set_policy_generations(
+            [PolicyGeneration("c3/net1", 1, "z", 9.0), PolicyGeneration("c4/net1", None, "z", 9.0)]  # type: ignore[arg-type]
+        )
+    assert [g.iface_key for g in store.policy_generations()] == ["c1/net1", "c2/net1"]
 
 
 def test_meta(store: Store) -> None:
