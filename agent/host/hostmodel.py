@@ -81,15 +81,14 @@ def deliver_only_via(target: Target, ifname: str, addresses: Iterable[IPAddress]
 # sysctl write does. Measured in a pod's netns: opening the two sysctl files
 # there cost more than the rest of the host model together.
 _RTM_SETLINK = 19
-_IFLA_IFNAME, _IFLA_AF_SPEC, _IFLA_INET_CONF = 3, 26, 1
+_IFLA_AF_SPEC, _IFLA_INET_CONF = 26, 1
 _DEVCONF = {"arp_announce": 18, "arp_ignore": 19}
-_IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
 
 
 def _set_strict_arp(nl: RtnlSocket, ifname: str) -> None:
     conf = b"".join(rtnl.nla_u32(_DEVCONF[k], int(v)) for k, v in STRICT_ARP.items())
     inet = rtnl.nla(socket.AF_INET, rtnl.nla(_IFLA_INET_CONF, conf))
-    body = _IFINFO.pack(0, 0, 0, 0, 0) + rtnl.nla_str(_IFLA_IFNAME, ifname)
+    body = rtnl.ifinfomsg() + rtnl.nla_str(rtnl.IFLA_IFNAME, ifname)
     settings = ", ".join(f"{k}={v}" for k, v in STRICT_ARP.items())
     _request(nl, _RTM_SETLINK, body + rtnl.nla(_IFLA_AF_SPEC, inet), f"set {settings} on {ifname}")
 
@@ -146,7 +145,7 @@ class _Rule:
     prio: int
     action: int
     table: int
-    dst: IPAddress | None  # a host route's address (None: any destination)
+    dst: IPAddress | None  # the destination prefix's address (None: any)
     iif: str
     # As dumped: sent back as RTM_DELRULE, it deletes exactly this rule.
     payload: bytes = field(repr=False)

@@ -50,6 +50,11 @@ TIMEOUT_S = 5.0
 _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _NLA = struct.Struct("=HH")  # len, type
 
+# The link messages' fixed header (struct ifinfomsg), and the attribute
+# naming a link: a link request may name it instead of giving an index.
+IFINFOMSG = struct.Struct("=BxHiII")  # family, pad, type, index, flags, change
+IFLA_IFNAME = 3
+
 
 # -- builders -------------------------------------------------------------------
 
@@ -66,6 +71,10 @@ def nla_str(attr_type: int, value: str) -> bytes:
 
 def nla_u32(attr_type: int, value: int) -> bytes:
     return nla(attr_type, struct.pack("=I", value))
+
+
+def ifinfomsg(index: int = 0) -> bytes:
+    return IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0)
 
 
 def nlmsg(msg_type: int, flags: int, seq: int, body: bytes) -> bytes:

@@ -33,13 +33,11 @@ _CLSACT_HANDLE = 0xFFFF0000  # TC_H_MAKE(TC_H_CLSACT, 0)
 _RTM_GETLINK = 18
 _RTM_NEWQDISC, _RTM_DELQDISC = 36, 37
 _RTM_NEWTFILTER, _RTM_DELTFILTER, _RTM_GETTFILTER = 44, 45, 46
-_IFLA_IFNAME = 3
 _TCA_KIND, _TCA_OPTIONS = 1, 2
 _TCA_BPF_FD, _TCA_BPF_NAME, _TCA_BPF_FLAGS = 6, 7, 8
 _TCA_BPF_FLAG_ACT_DIRECT = 1
 _ETH_P_ALL_BE = 0x0300  # htons(ETH_P_ALL): the filter sees every protocol
 
-_IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
 _TCMSG = struct.Struct("=BxxxiIII")  # family, ifindex, handle, parent, info
 
 
@@ -84,13 +82,13 @@ class Tc:
         """The link's index in this netns, or None when there is no such link."""
         try:
             msgs = self._nl.request(
-                _RTM_GETLINK, NLM_F_ACK, _IFINFO.pack(0, 0, 0, 0, 0) + nla_str(_IFLA_IFNAME, ifname)
+                _RTM_GETLINK, NLM_F_ACK, rtnl.ifinfomsg() + nla_str(rtnl.IFLA_IFNAME, ifname)
             )
         except NetlinkFailure as e:
             if errnos.is_gone(e.code):
                 return None
             raise _named(e, f"get link {ifname} in {self._where()}") from e
-        return _IFINFO.unpack_from(msgs[0].payload)[2] if msgs else None
+        return rtnl.IFINFOMSG.unpack_from(msgs[0].payload)[2] if msgs else None
 
     def add_clsact(self, ifindex: int) -> bool:
         """Add the clsact qdisc; False when one was already there (not ours)."""

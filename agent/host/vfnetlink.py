@@ -33,12 +33,14 @@ from nicwarden.agent.errors import (
 )
 from nicwarden.agent.host import errnos
 from nicwarden.agent.host.rtnl import (
+    IFINFOMSG,
     NLM_F_ACK,
     NLM_F_REQUEST,
     NetlinkFailure,
     NetlinkMessage,
     Transport,
     attrs,
+    ifinfomsg,
     netlink_request,
     nla,
     nlmsg,
@@ -69,7 +71,6 @@ ETH_P_8021AD = 0x88A8
 VLAN_PROTOS = {"802.1q": ETH_P_8021Q, "802.1ad": ETH_P_8021AD}
 LINK_STATES = {"auto": 0, "enable": 1, "disable": 2}
 
-_IFINFOMSG = struct.Struct("=BxHiII")  # family, pad, type, index, flags, change
 _U32 = struct.Struct("=I")
 # The kernel reports "driver did not say" as (u32)-1 for spoofchk and trust.
 _UNSET = 0xFFFFFFFF
@@ -138,10 +139,6 @@ def validate(vf: int, s: VfSettings) -> None:
 
 
 # -- message builders ---------------------------------------------------------
-
-
-def ifinfomsg(index: int) -> bytes:
-    return _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0)
 
 
 def vf_mac(vf: int, mac: str) -> bytes:
@@ -260,10 +257,10 @@ def parse_vf_info(data: bytes) -> tuple[int, VfSettings]:
 def parse_link_vfs(payload: bytes) -> dict[int, VfSettings] | None:
     """An RTM_NEWLINK payload → settings per VF index; None when the link
     reports no VF list (not a PF, or its driver has no ndo_get_vf_config)."""
-    if len(payload) < _IFINFOMSG.size:
+    if len(payload) < IFINFOMSG.size:
         raise HostError("short RTM_NEWLINK reply")
     found: dict[int, VfSettings] | None = None
-    for attr_type, data in attrs(payload[_IFINFOMSG.size :]):
+    for attr_type, data in attrs(payload[IFINFOMSG.size :]):
         if attr_type != IFLA_VFINFO_LIST:
             continue
         found = {}

@@ -36,7 +36,6 @@ from nicwarden.agent.host.vfnetlink import (
     RTM_GETLINK,
     RTM_NEWLINK,
     getlink_vfs,
-    ifinfomsg,
     translate,
 )
 
@@ -163,7 +162,7 @@ def parse_link_stats(payload: bytes) -> tuple[str, dict[str, int]] | None:
 
 def dump_links(seq: int) -> bytes:
     """RTM_GETLINK dump of every link in the socket's netns."""
-    return rtnl.nlmsg(RTM_GETLINK, rtnl.NLM_F_REQUEST | rtnl.NLM_F_DUMP, seq, ifinfomsg(0))
+    return rtnl.nlmsg(RTM_GETLINK, rtnl.NLM_F_REQUEST | rtnl.NLM_F_DUMP, seq, rtnl.ifinfomsg())
 
 
 # -- readers -------------------------------------------------------------------

@@ -17,13 +17,12 @@ from nicwarden.agent.enforcement import PolicyEnforcer
 from nicwarden.agent.errors import Unavailable
 from nicwarden.agent.host.bpf_tables import Count
 from nicwarden.agent.host.paths import HostPaths
-from nicwarden.agent.host.rtnl import NetlinkMessage, nla
+from nicwarden.agent.host.rtnl import NetlinkMessage, ifinfomsg, nla
 from nicwarden.agent.host.vfnetlink import (
     IFLA_VF_INFO,
     IFLA_VF_MAC,
     IFLA_VFINFO_LIST,
     RTM_NEWLINK,
-    ifinfomsg,
 )
 from nicwarden.agent.host.vfstats import (
     IFLA_IFALIAS,
