@@ -89,8 +89,6 @@ class LinkMonitor(_Loop):
     """
 
     RTMGRP_LINK = 1
-    RTM_NEWLINK, RTM_DELLINK = 16, 17
-    IFLA_IFNAME, IFLA_IFALIAS = 3, 20
 
     def __init__(self, callback: EventCallback) -> None:
         super().__init__("rtnl-monitor")
@@ -129,17 +127,17 @@ class LinkMonitor(_Loop):
             length, mtype = struct.unpack_from("=IH", data, off)
             if length < 16 or off + length > len(data):
                 break
-            if mtype in (cls.RTM_NEWLINK, cls.RTM_DELLINK) and length >= 32:
+            if mtype in (rtnl.RTM_NEWLINK, rtnl.RTM_DELLINK) and length >= 32:
                 (index,) = struct.unpack_from("=i", data, off + 20)
                 attrs = dict(rtnl.attrs(data[off + 32 : off + length]))
                 out.append(
                     HostEvent(
                         "rtnl",
-                        "newlink" if mtype == cls.RTM_NEWLINK else "dellink",
+                        "newlink" if mtype == rtnl.RTM_NEWLINK else "dellink",
                         "net",
-                        rtnl.cstr(attrs.get(cls.IFLA_IFNAME, b"")),
+                        rtnl.cstr(attrs.get(rtnl.IFLA_IFNAME, b"")),
                         index,
-                        rtnl.cstr(attrs.get(cls.IFLA_IFALIAS, b"")),
+                        rtnl.cstr(attrs.get(rtnl.IFLA_IFALIAS, b"")),
                     )
                 )
             off += (length + 3) & ~3

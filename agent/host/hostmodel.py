@@ -30,7 +30,7 @@ from pathlib import Path
 
 from nicwarden.agent.errors import InvalidArgument
 
-from . import errnos, netns, rtnl
+from . import netns, rtnl
 from .netns import NETNS_DIR, Target
 from .rtnl import NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NetlinkFailure, RtnlSocket
 
@@ -80,7 +80,6 @@ def deliver_only_via(target: Target, ifname: str, addresses: Iterable[IPAddress]
 # entries by their IPV4_DEVCONF_* number (include/uapi/linux/ip.h), as a
 # sysctl write does. Measured in a pod's netns: opening the two sysctl files
 # there cost more than the rest of the host model together.
-_RTM_SETLINK = 19
 _IFLA_AF_SPEC, _IFLA_INET_CONF = 26, 1
 _DEVCONF = {"arp_announce": 18, "arp_ignore": 19}
 
@@ -90,7 +89,9 @@ def _set_strict_arp(nl: RtnlSocket, ifname: str) -> None:
     inet = rtnl.nla(socket.AF_INET, rtnl.nla(_IFLA_INET_CONF, conf))
     body = rtnl.ifinfomsg() + rtnl.nla_str(rtnl.IFLA_IFNAME, ifname)
     settings = ", ".join(f"{k}={v}" for k, v in STRICT_ARP.items())
-    _request(nl, _RTM_SETLINK, body + rtnl.nla(_IFLA_AF_SPEC, inet), f"set {settings} on {ifname}")
+    _request(
+        nl, rtnl.RTM_SETLINK, body + rtnl.nla(_IFLA_AF_SPEC, inet), f"set {settings} on {ifname}"
+    )
 
 
 def _deliver_only_via(nl: RtnlSocket, ifname: str, addresses: Iterable[IPAddress]) -> None:
@@ -155,7 +156,7 @@ def _rules(nl: RtnlSocket, family: int) -> list[_Rule]:
     try:
         msgs = nl.request(_RTM_GETRULE, NLM_F_DUMP, _FIB_RULE_HDR.pack(family, *[0] * 8))
     except NetlinkFailure as e:
-        raise errnos.named(e.code, "list policy-routing rules", detail=e.text) from e
+        raise e.named("list policy-routing rules") from e
     out = []
     for m in msgs:
         fam, _, _, _, table, _, _, action, _ = _FIB_RULE_HDR.unpack_from(m.payload)
@@ -199,7 +200,7 @@ def _request(nl: RtnlSocket, msg_type: int, body: bytes, what: str, flags: int =
     try:
         nl.request(msg_type, NLM_F_ACK | flags, body)
     except NetlinkFailure as e:
-        raise errnos.named(e.code, what, detail=e.text) from e
+        raise e.named(what) from e
 
 
 def _u32(raw: bytes | None) -> int:

@@ -1,8 +1,10 @@
 """rtnetlink framing and a synchronous request/reply socket, in any netns.
 
 Messages are built by hand from the kernel uapi with ``struct``: the VF
-attributes (``vfnetlink``), the VF counters (``vfstats``) and tc (``tc``)
-each send a few fixed-shape requests. pyroute2 wraps every request in an
+attributes (``vfnetlink``), the VF counters (``vfstats``), tc (``tc``) and
+the strict host model's rules and devconf (``hostmodel``) each send a few
+fixed-shape requests, and the link monitor (``events``) parses the same
+attributes. pyroute2 wraps every request in an
 asyncio loop and a full message object model, ~1 ms per tc request here
 (measured: a policy's isolation flip, four tc requests and a link lookup,
 took 3 ms through pyroute2, 0.3-0.6 ms this way).
@@ -23,7 +25,8 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from nicwarden.agent.host import netns
+from nicwarden.agent.errors import NicwardenError
+from nicwarden.agent.host import errnos, netns
 
 NETLINK_ROUTE = 0
 SOL_NETLINK = 270
@@ -50,10 +53,13 @@ TIMEOUT_S = 5.0
 _NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _NLA = struct.Struct("=HH")  # len, type
 
-# The link messages' fixed header (struct ifinfomsg), and the attribute
-# naming a link: a link request may name it instead of giving an index.
+# Link messages: their types, their fixed header (struct ifinfomsg), and
+# the attributes naming a link (a request may name it instead of giving an
+# index).
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 IFINFOMSG = struct.Struct("=BxHiII")  # family, pad, type, index, flags, change
 IFLA_IFNAME = 3
+IFLA_IFALIAS = 20
 
 
 # -- builders -------------------------------------------------------------------
@@ -145,6 +151,10 @@ class NetlinkFailure(Exception):
         super().__init__(os.strerror(code) + (f": {text}" if text else ""))
         self.code = code
         self.text = text
+
+    def named(self, what: str, overrides: errnos.Overrides | None = None) -> NicwardenError:
+        """The named error for ``what`` (``errnos``), the kernel's text as details."""
+        return errnos.named(self.code, what, overrides, self.text)
 
 
 Transport = Callable[[bytes], list[NetlinkMessage]]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from nicwarden.agent.errors import AlreadyExists, NicwardenError
+from nicwarden.agent.errors import AlreadyExists
 from nicwarden.agent.host import errnos, rtnl
 from nicwarden.agent.host.rtnl import (
     NLM_F_ACK,
@@ -30,7 +30,6 @@ TC_H_EGRESS = 0xFFFFFFF3
 TC_H_CLSACT = 0xFFFFFFF1
 _CLSACT_HANDLE = 0xFFFF0000  # TC_H_MAKE(TC_H_CLSACT, 0)
 
-_RTM_GETLINK = 18
 _RTM_NEWQDISC, _RTM_DELQDISC = 36, 37
 _RTM_NEWTFILTER, _RTM_DELTFILTER, _RTM_GETTFILTER = 44, 45, 46
 _TCA_KIND, _TCA_OPTIONS = 1, 2
@@ -53,10 +52,6 @@ class Filter:
 
 def _tcmsg(ifindex: int, handle: int, parent: int, info: int = 0) -> bytes:
     return _TCMSG.pack(0, ifindex, handle, parent, info)
-
-
-def _named(e: NetlinkFailure, what: str) -> NicwardenError:
-    return errnos.named(e.code, what, detail=e.text)
 
 
 class Tc:
@@ -82,12 +77,12 @@ class Tc:
         """The link's index in this netns, or None when there is no such link."""
         try:
             msgs = self._nl.request(
-                _RTM_GETLINK, NLM_F_ACK, rtnl.ifinfomsg() + nla_str(rtnl.IFLA_IFNAME, ifname)
+                rtnl.RTM_GETLINK, NLM_F_ACK, rtnl.ifinfomsg() + nla_str(rtnl.IFLA_IFNAME, ifname)
             )
         except NetlinkFailure as e:
             if errnos.is_gone(e.code):
                 return None
-            raise _named(e, f"get link {ifname} in {self._where()}") from e
+            raise e.named(f"get link {ifname} in {self._where()}") from e
         return rtnl.IFINFOMSG.unpack_from(msgs[0].payload)[2] if msgs else None
 
     def add_clsact(self, ifindex: int) -> bool:
@@ -101,7 +96,7 @@ class Tc:
         except NetlinkFailure as e:
             if errnos.error_type(e.code) is AlreadyExists:
                 return False
-            raise _named(e, f"add clsact to ifindex {ifindex}") from e
+            raise e.named(f"add clsact to ifindex {ifindex}") from e
         return True
 
     def del_clsact(self, ifindex: int) -> bool:
@@ -115,7 +110,7 @@ class Tc:
         except NetlinkFailure as e:
             if errnos.is_gone(e.code, errnos.TC_DELETE):
                 return False
-            raise _named(e, f"delete clsact of ifindex {ifindex}") from e
+            raise e.named(f"delete clsact of ifindex {ifindex}") from e
         return True
 
     def filters(self, ifindex: int, parent: int) -> list[Filter]:
@@ -125,7 +120,7 @@ class Tc:
         except NetlinkFailure as e:
             if errnos.is_gone(e.code, errnos.TC_LIST):
                 return []
-            raise _named(e, f"list tc filters of ifindex {ifindex}") from e
+            raise e.named(f"list tc filters of ifindex {ifindex}") from e
         out: list[Filter] = []
         for msg in msgs:
             attrs = dict(rtnl.attrs(msg.payload[_TCMSG.size :]))
@@ -163,7 +158,7 @@ class Tc:
                 + nla(_TCA_OPTIONS, options),
             )
         except NetlinkFailure as e:
-            raise _named(e, f"attach bpf filter {name} to ifindex {ifindex}") from e
+            raise e.named(f"attach bpf filter {name} to ifindex {ifindex}") from e
 
     def del_bpf_filter(self, ifindex: int, parent: int, *, prio: int, handle: int) -> bool:
         """False when the filter (or the qdisc) was already gone."""
@@ -177,5 +172,5 @@ class Tc:
         except NetlinkFailure as e:
             if errnos.is_gone(e.code, errnos.TC_DELETE):
                 return False
-            raise _named(e, f"detach bpf filter from ifindex {ifindex}") from e
+            raise e.named(f"detach bpf filter from ifindex {ifindex}") from e
         return True

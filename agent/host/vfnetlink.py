@@ -36,6 +36,9 @@ from nicwarden.agent.host.rtnl import (
     IFINFOMSG,
     NLM_F_ACK,
     NLM_F_REQUEST,
+    RTM_GETLINK,
+    RTM_NEWLINK,
+    RTM_SETLINK,
     NetlinkFailure,
     NetlinkMessage,
     Transport,
@@ -47,10 +50,6 @@ from nicwarden.agent.host.rtnl import (
 )
 
 # -- uapi constants -----------------------------------------------------------
-
-RTM_NEWLINK = 16
-RTM_GETLINK = 18
-RTM_SETLINK = 19
 
 IFLA_VFINFO_LIST = 22
 IFLA_EXT_MASK = 29
@@ -274,7 +273,7 @@ def parse_link_vfs(payload: bytes) -> dict[int, VfSettings] | None:
 
 def translate(err: NetlinkFailure, what: str) -> NicwardenError:
     """The driver judges VF values, so EINVAL here is the user's (``VF_SET``)."""
-    return errnos.named(err.code, what, errnos.VF_SET, err.text)
+    return err.named(what, errnos.VF_SET)
 
 
 _seq = itertools.count(1)

@@ -33,15 +33,12 @@ from nicwarden.agent.host.vfnetlink import (
     IFLA_VF_INFO,
     IFLA_VF_MAC,
     IFLA_VFINFO_LIST,
-    RTM_GETLINK,
-    RTM_NEWLINK,
     getlink_vfs,
     translate,
 )
 
 # -- uapi constants (include/uapi/linux/if_link.h) ------------------------------
 
-IFLA_IFALIAS = 20
 IFLA_STATS64 = 23
 IFLA_VF_STATS = 8
 # IFLA_VF_STATS_* (nested u64 counters); 6 is padding.
@@ -67,7 +64,6 @@ _STATS64_FIELDS = (
     "tx_dropped",
     "rx_multicast",
 )
-_IFINFO_SIZE = 16
 _U64 = struct.Struct("=Q")
 _U32 = struct.Struct("=I")
 
@@ -124,10 +120,10 @@ def parse_vf_stats(nest: bytes) -> dict[str, int]:
 def parse_link_vf_stats(payload: bytes) -> dict[int, dict[str, int]] | None:
     """An RTM_NEWLINK payload → counters per VF index; None when the link
     reports no VF list (not a PF, or a driver without VF configuration)."""
-    if len(payload) < _IFINFO_SIZE:
+    if len(payload) < rtnl.IFINFOMSG.size:
         raise HostError("short RTM_NEWLINK reply")
     found: dict[int, dict[str, int]] | None = None
-    for attr_type, data in rtnl.attrs(payload[_IFINFO_SIZE:]):
+    for attr_type, data in rtnl.attrs(payload[rtnl.IFINFOMSG.size :]):
         if attr_type != IFLA_VFINFO_LIST:
             continue
         found = {}
@@ -148,11 +144,11 @@ def parse_link_vf_stats(payload: bytes) -> dict[int, dict[str, int]] | None:
 def parse_link_stats(payload: bytes) -> tuple[str, dict[str, int]] | None:
     """An RTM_NEWLINK payload → (ifalias, its IFLA_STATS64 counters); None
     when the link reports no 64-bit stats."""
-    if len(payload) < _IFINFO_SIZE:
+    if len(payload) < rtnl.IFINFOMSG.size:
         return None
     alias, stats = "", None
-    for attr_type, data in rtnl.attrs(payload[_IFINFO_SIZE:]):
-        if attr_type == IFLA_IFALIAS:
+    for attr_type, data in rtnl.attrs(payload[rtnl.IFINFOMSG.size :]):
+        if attr_type == rtnl.IFLA_IFALIAS:
             alias = data.split(b"\0", 1)[0].decode(errors="replace")
         elif attr_type == IFLA_STATS64 and len(data) >= _U64.size * len(_STATS64_FIELDS):
             values = struct.unpack_from(f"={len(_STATS64_FIELDS)}Q", data)
@@ -162,7 +158,7 @@ def parse_link_stats(payload: bytes) -> tuple[str, dict[str, int]] | None:
 
 def dump_links(seq: int) -> bytes:
     """RTM_GETLINK dump of every link in the socket's netns."""
-    return rtnl.nlmsg(RTM_GETLINK, rtnl.NLM_F_REQUEST | rtnl.NLM_F_DUMP, seq, rtnl.ifinfomsg())
+    return rtnl.nlmsg(rtnl.RTM_GETLINK, rtnl.NLM_F_REQUEST | rtnl.NLM_F_DUMP, seq, rtnl.ifinfomsg())
 
 
 # -- readers -------------------------------------------------------------------
@@ -195,7 +191,7 @@ class NetlinkVfStatsReader:
             raise translate(e, what) from e
         per_index: dict[int, dict[str, int]] | None = None
         for msg in replies:
-            if msg.type == RTM_NEWLINK:
+            if msg.type == rtnl.RTM_NEWLINK:
                 per_index = parse_link_vf_stats(msg.payload)
                 break
         if per_index is None:
@@ -224,7 +220,7 @@ class NetlinkVfStatsReader:
 def _link_stats(replies: Sequence[rtnl.NetlinkMessage]) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for msg in replies:
-        if msg.type != RTM_NEWLINK:
+        if msg.type != rtnl.RTM_NEWLINK:
             continue
         parsed = parse_link_stats(msg.payload)
         if parsed is not None and parsed[0]:

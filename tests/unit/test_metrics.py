@@ -17,15 +17,9 @@ from nicwarden.agent.enforcement import PolicyEnforcer
 from nicwarden.agent.errors import Unavailable
 from nicwarden.agent.host.bpf_tables import Count
 from nicwarden.agent.host.paths import HostPaths
-from nicwarden.agent.host.rtnl import NetlinkMessage, ifinfomsg, nla
-from nicwarden.agent.host.vfnetlink import (
-    IFLA_VF_INFO,
-    IFLA_VF_MAC,
-    IFLA_VFINFO_LIST,
-    RTM_NEWLINK,
-)
+from nicwarden.agent.host.rtnl import IFLA_IFALIAS, RTM_NEWLINK, NetlinkMessage, ifinfomsg, nla
+from nicwarden.agent.host.vfnetlink import IFLA_VF_INFO, IFLA_VF_MAC, IFLA_VFINFO_LIST
 from nicwarden.agent.host.vfstats import (
-    IFLA_IFALIAS,
     IFLA_STATS64,
     IFLA_VF_STATS,
     NetdevVfStatsReader,
