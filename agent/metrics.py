@@ -76,32 +76,19 @@ class Metrics:
             " held back from pods until an admin adopts or releases them",
             registry=self.registry,
         )
-        self._cni = Histogram(
-            C.CNI_DURATION.name,
-            C.CNI_DURATION.help,
-            list(C.CNI_DURATION.labels),
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self._allocate = Histogram(
-            C.ALLOCATE_DURATION.name,
-            C.ALLOCATE_DURATION.help,
-            list(C.ALLOCATE_DURATION.labels),
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self._watch_event = Histogram(
-            C.SOURCE_WATCH_EVENT.name,
-            C.SOURCE_WATCH_EVENT.help,
-            list(C.SOURCE_WATCH_EVENT.labels),
-            buckets=EVENT_BUCKETS,
-            registry=self.registry,
-        )
+        self._cni = self._histogram(C.CNI_DURATION, LATENCY_BUCKETS)
+        self._allocate = self._histogram(C.ALLOCATE_DURATION, LATENCY_BUCKETS)
+        self._watch_event = self._histogram(C.SOURCE_WATCH_EVENT, EVENT_BUCKETS)
         self._errors = Counter(
             C.ERRORS.name, C.ERRORS.help, list(C.ERRORS.labels), registry=self.registry
         )
         self._server: Any = None
         self._thread: threading.Thread | None = None
+
+    def _histogram(self, spec: C.MetricSpec, buckets: tuple[float, ...]) -> Histogram:
+        return Histogram(
+            spec.name, spec.help, list(spec.labels), buckets=buckets, registry=self.registry
+        )
 
     def watch_event(self, kind: str, changed: bool, seconds: float) -> None:
         self._watch_event.labels(kind, "changed" if changed else "unchanged").observe(seconds)

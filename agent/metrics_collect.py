@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
@@ -26,6 +25,7 @@ from nicwarden.agent import metrics_catalog as C
 from nicwarden.agent.host.vfstats import VfCounters, VfRef, VfStatsReader
 from nicwarden.agent.model import Inventory
 from nicwarden.agent.store import Allocation, Attachment
+from nicwarden.agent.thread_names import thread_role
 from nicwarden.bpf.layout import EventStat
 
 if TYPE_CHECKING:
@@ -333,19 +333,6 @@ class SourceFeedCollector:
 
 
 _TICKS = os.sysconf("SC_CLK_TCK")
-# "grpc_3", "Thread-7 (serve_forever)", "sysfs-write:sriov_numvfs",
-# "cni-http /run/nicwarden/cni.sock": one role each, whatever the instance.
-_INSTANCE = re.compile(r"^Thread-\d+ \((?P<target>[^)]*)\)$|([_:-]\d+)+$|:.*$| .*$")
-
-
-def thread_role(name: str) -> str:
-    """A thread's name without what differs between instances of its role."""
-    m = _INSTANCE.search(name)
-    if m is None:
-        return name
-    if m.group("target") is not None:
-        return m.group("target")
-    return name[: m.start()] or name
 
 
 class ThreadCpuCollector:

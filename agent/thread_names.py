@@ -3,7 +3,8 @@
 ``top -H``, ``ps -L``, ``perf`` and ``/proc/<pid>/task/*/comm`` otherwise
 show every thread as ``nicwarden-agent``, so nobody outside the process can
 tell the policy worker from an inventory scan. Linux keeps 15 bytes of a
-thread's name; the role (``metrics_collect.thread_role``) is what is kept.
+thread's name; the role (``thread_role``) is what is kept, and
+``nicwarden_thread_cpu_seconds_total`` counts CPU by the same roles.
 The main thread keeps the process's name: ``ps``, ``pgrep`` and
 ``pkill nicwarden-agent`` go by it.
 """
@@ -11,13 +12,26 @@ The main thread keeps the process's name: ``ps``, ``pgrep`` and
 from __future__ import annotations
 
 import logging
+import re
 import threading
-
-from nicwarden.agent.metrics_collect import thread_role
 
 log = logging.getLogger(__name__)
 
 COMM_MAX = 15  # TASK_COMM_LEN - 1
+
+# "grpc_3", "Thread-7 (serve_forever)", "sysfs-write:sriov_numvfs",
+# "cni-http /run/nicwarden/cni.sock": one role each, whatever the instance.
+_INSTANCE = re.compile(r"^Thread-\d+ \((?P<target>[^)]*)\)$|([_:-]\d+)+$|:.*$| .*$")
+
+
+def thread_role(name: str) -> str:
+    """A thread's name without what differs between instances of its role."""
+    m = _INSTANCE.search(name)
+    if m is None:
+        return name
+    if m.group("target") is not None:
+        return m.group("target")
+    return name[: m.start()] or name
 
 
 class ThreadNamer:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from nicwarden.agent.metrics_collect import ThreadCpuCollector, thread_role
+from nicwarden.agent.metrics_collect import ThreadCpuCollector
+from nicwarden.agent.thread_names import thread_role
 
 
 @pytest.mark.parametrize(
