@@ -146,6 +146,13 @@ class PolicyConfig:
     bpf_instance: str = setting(
         string, "default", "Name of the pinned datapath under /sys/fs/bpf/nicwarden/."
     )
+    filter_linger_seconds: int = setting(
+        int_range(0, 3600),
+        60,
+        "Seconds an interface keeps its tc filters (passing everything, untracked) after"
+        " its last isolated direction opens, so a flapping selector costs no tc changes;"
+        " 0 removes them at once.",
+    )
     drop_events: DropEventsConfig = setting(
         section(DropEventsConfig), DropEventsConfig(), "Dropped-flow records (ring buffer)."
     )

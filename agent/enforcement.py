@@ -488,7 +488,7 @@ class PolicyEnforcer:
             return False
         isolated = lowered.ingress.isolated or lowered.egress.isolated
         if local.iface is None and not isolated:
-            return False  # zero overhead: nothing attached until a policy isolates it
+            return False  # nothing attached until a policy first isolates it
         from nicwarden.bpf.layout import Direction
 
         try:

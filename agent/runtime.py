@@ -425,7 +425,11 @@ class AgentRuntime:
             try:
                 from nicwarden.agent.host.bpf import PolicyDatapath
 
-                dp = PolicyDatapath(instance, keep_established=cfg.keep_established)
+                dp = PolicyDatapath(
+                    instance,
+                    keep_established=cfg.keep_established,
+                    filter_linger_s=cfg.filter_linger_seconds,
+                )
                 self._open_datapath(dp)
                 self.datapath = dp
                 self._stops.append(self._close_datapath)
@@ -549,6 +553,8 @@ class AgentRuntime:
                     self.attach.reconcile()
                 if self.audit is not None:
                     self.audit.run()
+                if self.datapath is not None:
+                    self.datapath.sweep()
             except Exception:
                 log.exception("periodic reconcile failed")
 

@@ -16,7 +16,7 @@
  *   TCP/UDP/SCTP ports, ICMP/ICMPv6) with bpf_skb_load_bytes (works for
  *   non-linear skbs, where direct packet access would need a pull first);
  *   always pass ARP, IPv6 ND and MLD, and non-IP ethertypes;
- *   one cfg lookup, one LRU flow lookup; for a new flow on an isolated
+ *   one or two cfg lookups, one LRU flow lookup; for a new flow on an isolated
  *   direction one peer LPM lookup and at most one port LPM lookup.
  *
  * Flows: a packet allowed on either direction (or seen on a non-isolated
@@ -465,6 +465,20 @@ int nw_policy(struct __sk_buff *skb)
     if (dir > NW_DIR_EGRESS)
         return NW_DROP; /* not entered through a trampoline: fail closed */
 
+    /* An interface whose last isolated direction just opened keeps its
+     * filters for a while (a flapping selector then costs map writes, not
+     * tc changes). With neither direction isolated it behaves as if it had
+     * no filter at all: nothing parsed, no flow recorded. */
+    struct nw_cfg_val *cfg = nw_cfg_of(iface, dir);
+    int isolated = cfg && cfg->isolated;
+    if (!isolated) {
+        struct nw_cfg_val *other = nw_cfg_of(iface, dir ^ 1);
+        if (!other || !other->isolated) {
+            nw_count(iface, dir, NW_V_PASS_UNISOLATED, skb->len);
+            return NW_PASS;
+        }
+    }
+
     struct nw_pkt pkt = {};
     __u32 off = ETH_HLEN;
     __be16 h_proto;
@@ -509,8 +523,6 @@ int nw_policy(struct __sk_buff *skb)
         return NW_PASS;
     }
 
-    struct nw_cfg_val *cfg = nw_cfg_of(iface, dir);
-    int isolated = cfg && cfg->isolated;
     if (parsed == PARSE_MALFORMED) {
         if (!isolated) {
             nw_count(iface, dir, NW_V_PASS_UNISOLATED, skb->len);

@@ -37,7 +37,8 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -87,12 +88,21 @@ class _Open:
         self.maps = maps
         self.ifaces = Registry(maps, instance)
         self.tables = Tables(maps)
+        # Interfaces whose filters outlive their isolation, by interface id:
+        # since when no direction has been isolated (see PolicyDatapath.sweep).
+        self.lingering: dict[int, float] = {}
 
-    def recover(self) -> None:
+    def recover(self, now: float) -> None:
         """Rebuild the registry from the kernel and forget generations that
-        are not active (an interrupted apply() leaves some)."""
+        are not active (an interrupted apply() leaves some). Filters found on
+        an open interface linger from now on."""
         self.ifaces.recover()
         self.tables.recover()
+        self.lingering = {
+            k.id: now
+            for k in self.ifaces.all()
+            if self.ifaces.filtered(k.id) and not self.tables.any_isolated(k.id)
+        }
 
 
 class PolicyDatapath:
@@ -106,6 +116,8 @@ class PolicyDatapath:
         instance: str = "default",
         paths: HostPaths | None = None,
         keep_established: bool = False,
+        filter_linger_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         # bpffs refuses names containing '.', so letters, digits, '_', '-' only.
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", instance):
@@ -117,6 +129,14 @@ class PolicyDatapath:
         # does not allow (checked lazily, on each flow's next packet).
         # True: flows survive policy changes until they expire.
         self.keep_established = keep_established
+        # How long an interface keeps its tc filters after its last isolated
+        # direction opens (0: removed at once). The program passes such an
+        # interface's packets before parsing them, as if unfiltered; a
+        # selector flapping within the linger costs map writes only.
+        if not 0 <= filter_linger_s <= 86400:
+            raise InvalidArgument(f"filter linger {filter_linger_s} s is not within 0..86400")
+        self.filter_linger_s = filter_linger_s
+        self._clock = clock
         self._lock = threading.RLock()
         self._open: _Open | None = None
         self._prog_fd: int | None = None
@@ -146,7 +166,7 @@ class PolicyDatapath:
             finally:
                 os.close(prog_fd)  # the pins keep maps and program alive
             self._set_prog(bpf_pins.open_pin(self.pin_dir, L.PROG_PIN))
-            opened.recover()
+            opened.recover(self._clock())
             log.info("policy datapath %s loaded (prog id %d)", self.instance, self.prog_id())
 
     def adopt(self) -> None:
@@ -165,7 +185,7 @@ class PolicyDatapath:
                     f"this agent speaks {L.LAYOUT_VERSION}: load() or cleanup()"
                 )
             self._set_prog(bpf_pins.open_pin(self.pin_dir, L.PROG_PIN))
-            opened.recover()
+            opened.recover(self._clock())
             log.info(
                 "policy datapath %s adopted (%d interfaces)",
                 self.instance,
@@ -240,6 +260,7 @@ class PolicyDatapath:
                 opened.ifaces.set_filters(iface, False)
             opened.tables.forget(iface.id)
             opened.ifaces.forget(iface.id)
+            opened.lingering.pop(iface.id, None)
 
     def interfaces(self) -> list[IfaceKey]:
         with self._lock:
@@ -255,19 +276,62 @@ class PolicyDatapath:
             opened = self._need()
             opened.ifaces.known(iface)
             gen = opened.tables.write(iface, Direction(direction), table, self.keep_established)
-            # tc is touched only when the interface's isolation flips;
-            # resync() forces it.
-            want = opened.tables.any_isolated(iface.id)
-            if want != opened.ifaces.filtered(iface.id):
-                opened.ifaces.set_filters(iface, want)
+            self._follow_isolation(opened, iface)
             return gen
+
+    def _follow_isolation(self, opened: _Open, iface: IfaceKey) -> None:
+        """tc is touched only when isolation begins without filters, or ends
+        with no linger; resync() forces it."""
+        filtered = opened.ifaces.filtered(iface.id)
+        if opened.tables.any_isolated(iface.id):
+            opened.lingering.pop(iface.id, None)
+            if not filtered:
+                opened.ifaces.set_filters(iface, True)
+        elif filtered:
+            if self.filter_linger_s > 0:
+                opened.lingering.setdefault(iface.id, self._clock())
+            else:
+                opened.ifaces.set_filters(iface, False)
+
+    def sweep(self) -> int:
+        """Remove the filters of interfaces open for at least the linger;
+        returns how many went. An interface whose netns or link is gone
+        is simply forgotten here (its filters went with it)."""
+        with self._lock:
+            if self._open is None:
+                return 0
+            opened = self._open
+            now = self._clock()
+            due = [
+                i for i, since in opened.lingering.items() if now - since >= self.filter_linger_s
+            ]
+            removed = 0
+            for iface_id in due:
+                iface = opened.ifaces.get(iface_id)
+                if iface is not None and not opened.tables.any_isolated(iface_id):
+                    try:
+                        opened.ifaces.set_filters(iface, False)
+                        removed += 1
+                    except NotFound:
+                        pass
+                    except HostError as e:  # kept lingering: the next sweep retries
+                        log.warning("cannot remove filters of %s: %s", iface.ifname, e)
+                        continue
+                del opened.lingering[iface_id]
+            return removed
+
+    def lingering(self) -> int:
+        """Interfaces whose filters outlive their isolation right now."""
+        with self._lock:
+            return len(self._open.lingering) if self._open is not None else 0
 
     def resync(self, iface: IfaceKey) -> None:
         """Make the tc filters match the tables again (after someone removed
-        them, or when the agent doubts the kernel state)."""
+        them, or when the agent doubts the kernel state); ends any linger."""
         with self._lock:
             opened = self._need()
             opened.ifaces.known(iface)
+            opened.lingering.pop(iface.id, None)
             opened.ifaces.set_filters(iface, opened.tables.any_isolated(iface.id))
 
     def generation(self, iface: IfaceKey, direction: Direction) -> int:

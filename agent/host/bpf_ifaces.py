@@ -10,7 +10,8 @@ socket-less skb (measured: ARP replies report init_net's cookie).
 Per interface, two trampolines (ingress, egress) put the key and the
 direction in ``skb->cb`` and tail-call the policy program; they are what the
 tc filters run. Both filters or none: a direction without policy still
-records flows so that replies pass the isolated one.
+records flows so that replies pass the isolated one. Whether filters should
+be there (isolation, and the linger after it) is the facade's decision.
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ class Registry:
 
     def all(self) -> list[IfaceKey]:
         return sorted(self._ifaces.values(), key=lambda k: k.id)
+
+    def get(self, iface_id: int) -> IfaceKey | None:
+        return self._ifaces.get(iface_id)
 
     def known(self, iface: IfaceKey) -> None:
         if iface.id not in self._ifaces:
@@ -123,10 +127,11 @@ class Registry:
 
     def _install(self, tc: Tc, iface: IfaceKey, flags: int) -> int:
         idx = iface.ifindex
-        if tc.add_clsact(idx):
+        created = tc.add_clsact(idx)
+        if created:
             flags |= L.IFACE_OWNS_CLSACT
         for d in Direction:
-            if _ours(tc, idx, d):
+            if not created and _ours(tc, idx, d):  # a qdisc just made holds no filter
                 continue
             fd = load_trampoline(iface.id, d, self.maps.progs.fd)
             try:

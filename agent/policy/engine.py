@@ -416,15 +416,25 @@ class PolicyEngine:
                         if pod_reaches(self.state, covering(self.state, t.namespace, network), obj):
                             keys.add(k)
             elif isinstance(obj, MultiNetworkPolicy):
+                # A policy shapes only the tables of the pods it selects, so
+                # an update that moves its podSelector recomputes those it
+                # selected and those it now selects, not its whole namespace.
                 for network in obj.networks:
                     keys |= {
                         k
                         for k in self._by_network.get(network, ())
                         if self._targets[k].namespace == obj.namespace
+                        and self._may_select(obj, self._targets[k])
                     }
             # NetworkAttachmentDefinitions feed status only: policies name
             # networks by key, and interfaces carry their network themselves.
         return keys
+
+    def _may_select(self, policy: MultiNetworkPolicy, target: PolicedInterface) -> bool:
+        """As compile_interface decides: an unknown pod is denied by any
+        policy on its network, and a missing podSelector selects every pod."""
+        pod = self.state.pods.get(f"{target.namespace}/{target.pod}")
+        return pod is None or policy.pod_selector is None or policy.pod_selector.matches(pod.labels)
 
     def _recompute(self, keys: Iterable[InterfaceKey]) -> set[InterfaceKey]:
         changed: set[InterfaceKey] = set()

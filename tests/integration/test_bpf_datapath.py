@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -123,9 +124,9 @@ def bpftool_counter(dp: PolicyDatapath, iface: IfaceKey, d: Direction, v: Verdic
 
 
 @contextmanager
-def loaded_datapath(prefix: str) -> Iterator[PolicyDatapath]:
+def loaded_datapath(prefix: str, **kw: Any) -> Iterator[PolicyDatapath]:
     """A loaded datapath of its own instance; cleaned up, pins and all."""
-    dp = PolicyDatapath(unique(prefix))
+    dp = PolicyDatapath(unique(prefix), **kw)
     try:
         dp.load()
         yield dp
@@ -184,6 +185,61 @@ def test_unisolated_interface_has_no_filters(
     assert our_filters(pair.server, pair.srv_if) == []
     r = run("ip", "netns", "exec", pair.server, "tc", "qdisc", "show", "dev", pair.srv_if)
     assert "clsact" not in r.stdout  # we created it, so we removed it
+
+
+def _flows_of(dp: PolicyDatapath, iface: IfaceKey) -> int:
+    keys = [e["formatted"]["key"] for e in bpftool_dump(dp, "nw_flows")]  # type: ignore[index]
+    return sum(1 for k in keys if k["iface"] == iface.id)
+
+
+def test_filters_linger_after_isolation_ends(pair: Pair, servers: Servers) -> None:
+    now = [1000.0]
+    with loaded_datapath("l", filter_linger_s=60, clock=lambda: now[0]) as dp:
+        key = dp.attach(pair.server, pair.srv_if)
+        dp.apply(key, ING, DENY_ALL)
+        filters = our_filters(pair.server, pair.srv_if)
+        assert len(filters) == 2 and dp.lingering() == 0
+        assert not tcp_ok(pair.client, SRV4, 8080)
+
+        dp.apply(key, ING, LoweredDirection(False))
+        # The same filters (tc untouched), passing as if absent: counted,
+        # never tracked.
+        assert our_filters(pair.server, pair.srv_if) == filters
+        assert dp.lingering() == 1
+        flows = _flows_of(dp, key)
+        passed = bpftool_counter(dp, key, ING, Verdict.PASS_UNISOLATED)
+        assert tcp_ok(pair.client, SRV4, 8080) and ping_ok(pair.client, SRV4)
+        assert bpftool_counter(dp, key, ING, Verdict.PASS_UNISOLATED) > passed
+        assert _flows_of(dp, key) == flows
+
+        # Isolated again within the linger: a map write, in force at once.
+        dp.apply(key, ING, DENY_ALL)
+        assert dp.lingering() == 0 and our_filters(pair.server, pair.srv_if) == filters
+        assert not tcp_ok(pair.client, SRV4, 8080)
+
+        dp.apply(key, ING, LoweredDirection(False))
+        now[0] += 30
+        # A restarted agent finds the open interface's filters and lets
+        # them linger from its own start.
+        other = PolicyDatapath(dp.instance, filter_linger_s=60, clock=lambda: now[0])
+        other.adopt()
+        assert other.lingering() == 1
+        other.close()
+        now[0] += 29.9
+        assert dp.sweep() == 0 and len(our_filters(pair.server, pair.srv_if)) == 2
+        now[0] += 0.1
+        assert dp.sweep() == 1 and dp.lingering() == 0
+        assert our_filters(pair.server, pair.srv_if) == []
+        r = run("ip", "netns", "exec", pair.server, "tc", "qdisc", "show", "dev", pair.srv_if)
+        assert "clsact" not in r.stdout
+        assert tcp_ok(pair.client, SRV4, 8080)
+        dp.detach(key)
+
+
+def test_linger_outside_its_range_is_refused() -> None:
+    for bad in (-1, 86401):
+        with pytest.raises(InvalidArgument, match="linger"):
+            PolicyDatapath(unique("r"), filter_linger_s=bad)
 
 
 def test_peer_cidrs_v4_and_v6(

@@ -95,6 +95,35 @@ def test_policy_add_update_delete() -> None:
     assert engine.apply(Event(Action.DELETE, retarget)) == set()  # already gone: fine
 
 
+def test_policy_update_recompiles_only_the_pods_it_selects(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from nicwarden.agent.policy import engine as engine_module
+
+    other = PolicedInterface("prod", "web", "net1", "prod/net-a", (), "uid-prod-web")
+    engine = engine_with_world()
+    engine.set_targets([*TARGETS, other])
+    compiled: list[InterfaceKey] = []
+    real = engine_module.compile_interface
+
+    def counting(state: Any, iface: PolicedInterface, options: Any) -> Any:
+        compiled.append(iface.key)
+        return real(state, iface, options)
+
+    monkeypatch.setattr(engine_module, "compile_interface", counting)
+    web_only = mnp({"podSelector": {"matchLabels": {"app": "web"}}, "ingress": []}, name="w")
+    assert engine.apply(add(web_only)) == {other.key}
+    assert compiled == [other.key]  # prod/server is on net-a too, but unselected
+    compiled.clear()
+    moved = mnp({"podSelector": {"matchLabels": {"app": "server"}}, "ingress": []}, name="w")
+    assert engine.apply(Event(Action.UPDATE, moved)) == {A, other.key}
+    assert sorted(compiled) == sorted([A, other.key])  # left one pod, entered the other
+    compiled.clear()
+    everyone = mnp({"podSelector": {}, "ingress": []}, name="w")
+    engine.apply(Event(Action.UPDATE, everyone))
+    assert sorted(compiled) == sorted([A, other.key])  # no selector: every pod on net-a
+
+
 def test_peer_relabel_updates_every_affected_interface() -> None:
     # Policies on both networks select app=client peers.
     both = mnp(ALLOW_CLIENTS["spec"], name="both", policy_for="net-a,net-b")
