@@ -100,6 +100,10 @@ IFACE_FILTERS = 0x2  # our filters are installed (both hooks)
 
 TC_PRIO = 0x4E57  # "NW": the tc filter preference our filters use on both hooks
 TC_HANDLE = 1
+# Interface keys up to this go in the filter's classid, read by the shared
+# entry programs (cls_bpf hands the program 16 bits of it); larger ones get
+# a trampoline of their own.
+CLASSID_KEY_MAX = 0xFFFF
 
 # Protocols whose destination port the datapath reads (the policy contract's
 # "ported" protocols); anything else is matched with port prefixlen 0 only.

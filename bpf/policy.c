@@ -3,11 +3,13 @@
  * nicwarden MultiNetworkPolicy datapath: one tc (clsact, direct-action)
  * program for every policed interface and both directions.
  *
- * Entry: each interface's tc filters are tiny per-interface trampolines
- * (built by agent/host/bpf.py) that store the interface key in skb->cb[0]
- * and the direction in skb->cb[1], then tail-call this program through
- * nw_progs[0]. skb->cb survives a tail call; it is the only per-attachment
- * context a shared tc program can get: skb->ifindex repeats across network
+ * Entry: each interface's tc filters run one of two tiny entry programs
+ * shared by all interfaces (agent/host/bpfsys.py), which copy the interface
+ * key from skb->tc_classid (the filter's classid, set by cls_bpf just
+ * before the program runs) to skb->cb[0] and the direction to skb->cb[1],
+ * then tail-call this program through nw_progs[0]. Keys past 16 bits get
+ * per-interface trampolines holding the key as an immediate instead. The
+ * key cannot come from the packet: skb->ifindex repeats across network
  * namespaces and the tc bpf_get_netns_cookie() reports skb->sk's netns
  * (init_net for forwarded/received packets), not the device's.
  *
@@ -463,7 +465,7 @@ int nw_policy(struct __sk_buff *skb)
     __u32 iface = skb->cb[0];
     __u32 dir = skb->cb[1];
     if (dir > NW_DIR_EGRESS)
-        return NW_DROP; /* not entered through a trampoline: fail closed */
+        return NW_DROP; /* not entered through an entry program: fail closed */
 
     /* An interface whose last isolated direction just opened keeps its
      * filters for a while (a flapping selector then costs map writes, not

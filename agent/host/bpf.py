@@ -9,21 +9,22 @@ What lives in the kernel, per instance, under ``<bpffs>/nicwarden/<instance>/``:
   a short-lived child process so that the agent never maps clang/LLVM),
   pinned and installed in slot 0 of the pinned prog array ``nw_progs``.
 
-Per attached interface, two trampolines (ingress, egress) of nine
-instructions each (``bpfsys.trampoline_insns``) run from tc filters and
-tail-call ``nw_progs[0]``.
+Per attached interface, two tc filters (ingress, egress) run two entry
+programs shared by every interface (``bpfsys.entry_insns``), the interface's
+key in the filter's classid; they tail-call ``nw_progs[0]``. Keys past 16
+bits get per-interface trampolines instead (``bpfsys.trampoline_insns``).
 
 ``PolicyDatapath`` is the facade the agent uses; its jobs live beside it:
 ``bpf_pins`` (bpffs pins and their shapes), ``bpf_ifaces`` (the interface
 registry and its tc filters, over ``tc``), ``bpf_tables`` (generation
 writes, read-back, counters), ``bpfsys`` (raw bpf(2)).
 
-If a trampoline's tail call finds the prog array empty it drops (fail
+If an entry's tail call finds the prog array empty it drops (fail
 closed). The kernel empties a prog array when its last *user* reference (fd
 or pin) goes, even while programs still use it; the pin of ``nw_progs`` is
 what keeps enforcement alive between agent processes.
 
-Restart: ``adopt()`` opens the pins (no compile, no reload); the trampolines
+Restart: ``adopt()`` opens the pins (no compile, no reload); the filters
 in the pods' tc hooks never stopped running. ``load()`` on an existing
 instance recompiles, reuses the pinned maps (bcc's ``BPF_TABLE_PINNED``
 opens a pin if present) and swaps the program in ``nw_progs[0]`` atomically:
@@ -159,7 +160,7 @@ class PolicyDatapath:
             try:
                 opened = self._open_maps()
                 self._init_meta(opened.maps)
-                # One map write: every trampoline jumps to the new program from
+                # One map write: every filter jumps to the new program from
                 # its next packet on. Running packets finish in the old one (RCU).
                 opened.maps.progs.update(U32(0), U32(prog_fd))
                 bpf_pins.pin_prog(self.pin_dir, prog_fd)
@@ -196,6 +197,7 @@ class PolicyDatapath:
         """Drop our fds; everything pinned keeps running."""
         with self._lock:
             if self._open is not None:
+                self._open.ifaces.close()
                 self._open.maps.close()
                 self._open = None
             if self._prog_fd is not None:
@@ -402,6 +404,7 @@ class PolicyDatapath:
 
     def _open_maps(self) -> _Open:
         if self._open is not None:
+            self._open.ifaces.close()
             self._open.maps.close()
             self._open = None
         self._open = _Open(bpf_pins.open_maps(self.pin_dir, self._ncpu), self.instance)

@@ -1,4 +1,4 @@
-"""Raw bpf(2): map I/O, pins, object info, and the per-interface trampolines.
+"""Raw bpf(2): map I/O, pins, object info, and the tc entry programs.
 
 bcc compiles the policy program; everything after that goes straight to the
 syscall, so that adopting a pinned datapath needs neither clang nor bcc
@@ -44,6 +44,7 @@ _BPF_FUNC_TAIL_CALL = 12
 _BPF_PSEUDO_MAP_FD = 1
 _TC_ACT_SHOT = 2
 _SKB_CB_OFFSET = 48  # offsetof(struct __sk_buff, cb[0]) (uapi, stable)
+_SKB_TC_CLASSID_OFFSET = 72  # offsetof(struct __sk_buff, tc_classid)
 
 _libc = ct.CDLL(None, use_errno=True)
 _libc.syscall.restype = ct.c_long
@@ -255,7 +256,7 @@ class U64(ct.Structure):
     _fields_ = [("v", ct.c_uint64)]
 
 
-# -- trampolines ---------------------------------------------------------------
+# -- entry programs and trampolines ----------------------------------------------
 
 
 def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
@@ -285,6 +286,33 @@ def trampoline_insns(iface_id: int, direction: Direction, progs_fd: int) -> byte
             _insn(0x95),  # exit
         ]
     )
+
+
+def entry_insns(direction: Direction, progs_fd: int) -> bytes:
+    """The entry shared by every interface of one direction: cb[0] = the
+    filter's classid (cls_bpf stores its low 16 bits in the skb before it
+    runs the program), cb[1] = dir, tail-call nw_progs[0]. A classid of 0
+    (a filter without one) names no interface: fail closed."""
+    return b"".join(
+        [
+            _insn(0x61, dst=2, src=1, off=_SKB_TC_CLASSID_OFFSET),  # r2 = skb->tc_classid
+            _insn(0x15, dst=2, off=7, imm=0),  # if r2 == 0 goto drop  (jeq imm)
+            _insn(0x63, dst=1, src=2, off=_SKB_CB_OFFSET),  # skb->cb[0] = r2
+            _insn(0xB7, dst=2, imm=int(direction)),  # r2 = dir
+            _insn(0x63, dst=1, src=2, off=_SKB_CB_OFFSET + 4),  # skb->cb[1] = r2
+            _insn(0x18, dst=2, src=_BPF_PSEUDO_MAP_FD, imm=progs_fd),  # r2 = &nw_progs
+            _insn(0x00),
+            _insn(0xB7, dst=3, imm=0),  # r3 = 0 (slot)
+            _insn(0x85, imm=_BPF_FUNC_TAIL_CALL),  # tail call; returns only on failure
+            _insn(0xB7, dst=0, imm=_TC_ACT_SHOT),  # drop: r0 = TC_ACT_SHOT
+            _insn(0x95),  # exit
+        ]
+    )
+
+
+def load_entry(direction: Direction, progs_fd: int) -> int:
+    name = f"nw_entry_{'i' if direction is Direction.INGRESS else 'e'}"
+    return load_sched_cls(entry_insns(direction, progs_fd), name)
 
 
 def load_sched_cls(code: bytes, name: str) -> int:

@@ -33,7 +33,7 @@ _CLSACT_HANDLE = 0xFFFF0000  # TC_H_MAKE(TC_H_CLSACT, 0)
 _RTM_NEWQDISC, _RTM_DELQDISC = 36, 37
 _RTM_NEWTFILTER, _RTM_DELTFILTER, _RTM_GETTFILTER = 44, 45, 46
 _TCA_KIND, _TCA_OPTIONS = 1, 2
-_TCA_BPF_FD, _TCA_BPF_NAME, _TCA_BPF_FLAGS = 6, 7, 8
+_TCA_BPF_CLASSID, _TCA_BPF_FD, _TCA_BPF_NAME, _TCA_BPF_FLAGS = 3, 6, 7, 8
 _TCA_BPF_FLAG_ACT_DIRECT = 1
 _ETH_P_ALL_BE = 0x0300  # htons(ETH_P_ALL): the filter sees every protocol
 
@@ -140,12 +140,22 @@ class Tc:
         return out
 
     def add_bpf_filter(
-        self, ifindex: int, parent: int, *, prio: int, handle: int, prog_fd: int, name: str
+        self,
+        ifindex: int,
+        parent: int,
+        *,
+        prio: int,
+        handle: int,
+        prog_fd: int,
+        name: str,
+        classid: int | None = None,
     ) -> None:
         """A direct-action bpf filter running ``prog_fd`` (the filter keeps
-        its own reference: the caller may close the fd)."""
+        its own reference: the caller may close the fd). ``classid``: what
+        the program reads as ``skb->tc_classid`` (its low 16 bits)."""
         options = (
-            nla_u32(_TCA_BPF_FD, prog_fd)
+            (nla_u32(_TCA_BPF_CLASSID, classid) if classid is not None else b"")
+            + nla_u32(_TCA_BPF_FD, prog_fd)
             + nla_str(_TCA_BPF_NAME, name)
             + nla_u32(_TCA_BPF_FLAGS, _TCA_BPF_FLAG_ACT_DIRECT)
         )

@@ -8,7 +8,8 @@ linear list), it measures
   * new connections/s: wrk against nginx with ``Connection: close`` (every
     request is a TCP handshake + teardown, so per-new-flow cost dominates);
   * bulk TCP Gb/s: one iperf3 stream (per-packet cost of established flows).
-Datapaths: none; nicwarden BPF (LPM tries + flow table); iptables linear
+Datapaths: none; nicwarden BPF (LPM tries + flow table); nicwarden BPF on
+an interface no longer isolated whose filters linger; iptables linear
 rules with a conntrack ESTABLISHED shortcut first; the same without it (bulk
 packets walk the list too); nftables with an interval set (+ ct shortcut).
 Each scenario gets fresh namespaces. Prints numbers and ratios to "none";
@@ -323,6 +324,26 @@ def setup_bpf(dp: PolicyDatapath, cidrs: list[ipaddress.IPv4Network]) -> Setup:
     return setup
 
 
+def setup_lingering(dp: PolicyDatapath, cidrs: list[ipaddress.IPv4Network]) -> Setup:
+    """Isolated, then open again: the filters linger and the program passes
+    every packet after its two config lookups."""
+
+    def setup(env: Env) -> Callable[[], None]:
+        key = dp.attach(env.server, env.srv_if)
+        dp.apply(key, Direction.INGRESS, bpf_table(cidrs))
+        dp.apply(key, Direction.INGRESS, LoweredDirection(False))
+        assert dp.lingering() == 1
+
+        def teardown() -> None:
+            c = dp.counters(key)[(Direction.INGRESS, Verdict.PASS_UNISOLATED)]
+            print(f"    (bpf lingering: ingress packets passed unparsed {c.packets})")
+            dp.detach(key)
+
+        return teardown
+
+    return setup
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -337,7 +358,7 @@ def main() -> None:
 
     cidrs = random_cidrs(N_CIDRS)
     started = time.monotonic()
-    dp = PolicyDatapath(f"bench-{os.getpid()}")
+    dp = PolicyDatapath(f"bench-{os.getpid()}", filter_linger_s=3600)
     t0 = time.monotonic()
     dp.load()
     print(
@@ -346,6 +367,7 @@ def main() -> None:
     scenarios: list[tuple[str, Setup]] = [
         ("none", setup_none),
         ("nicwarden bpf (LPM + flows)", setup_bpf(dp, cidrs)),
+        ("nicwarden bpf, open, filters lingering", setup_lingering(dp, cidrs)),
         ("iptables linear + ct ESTABLISHED", setup_iptables(True, cidrs)),
         ("iptables linear, no ct shortcut", setup_iptables(False, cidrs)),
         ("nftables interval set + ct", setup_nft(cidrs)),

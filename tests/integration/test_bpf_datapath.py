@@ -9,6 +9,7 @@ created in), so probes cost no process start. ``ping``, ``ip``, ``tc`` and
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import json
@@ -28,6 +29,7 @@ import pytest
 
 from nicwarden.agent.errors import InvalidArgument
 from nicwarden.agent.host.bpf import PolicyDatapath
+from nicwarden.agent.host.bpfsys import U32
 from nicwarden.bpf import layout as L
 from nicwarden.bpf.layout import Direction, IfaceKey, LoweredDirection, Verdict
 from tests.support.oracle import run, unique
@@ -525,41 +527,73 @@ def test_invalid_table_keeps_old_policy(
     assert tcp_ok(pair.client, SRV4, 8080)
 
 
+@pytest.mark.parametrize("keys", ["classid", "trampoline"])
 def test_one_program_two_netns_same_ifindex(
-    datapath: PolicyDatapath, netns: Callable[[], str]
+    datapath: PolicyDatapath, netns: Callable[[], str], keys: str
 ) -> None:
     # Two servers whose policed links share an ifindex (each is the first
-    # link after lo in a fresh netns): only the trampoline's key tells them apart.
-    a = make_pair(netns, "10.77.0", "fd77")
-    b = make_pair(netns, "10.78.0", "fd78")
-    ka = datapath.attach(a.server, a.srv_if)
-    kb = datapath.attach(b.server, b.srv_if)
-    sa = Servers(a.server, tcp=(8080, 9090))
-    sb = Servers(b.server, tcp=(8080, 9090))
-    try:
+    # link after lo in a fresh netns): only the interface key tells them
+    # apart, carried in the filter's classid or, past 16 bits, in a
+    # trampoline of its own.
+    with contextlib.ExitStack() as stack:
+        dp = datapath
+        if keys == "trampoline":
+            dp = stack.enter_context(loaded_datapath("k"))
+            assert dp._open is not None
+            dp._open.maps.meta.update(
+                U32(0), L.Meta(layout_version=L.LAYOUT_VERSION, next_iface=L.CLASSID_KEY_MAX + 1)
+            )
+        a = make_pair(netns, "10.77.0", "fd77")
+        b = make_pair(netns, "10.78.0", "fd78")
+        ka = dp.attach(a.server, a.srv_if)
+        kb = dp.attach(b.server, b.srv_if)
+        stack.callback(dp.detach, kb)
+        stack.callback(dp.detach, ka)
+        stack.callback(Servers(a.server, tcp=(8080, 9090)).close)
+        stack.callback(Servers(b.server, tcp=(8080, 9090)).close)
         assert ka.ifindex == kb.ifindex and ka.id != kb.id
+        assert (ka.id > L.CLASSID_KEY_MAX) == (keys == "trampoline")
         assert ka.netns_cookie != kb.netns_cookie
-        datapath.apply(ka, ING, LoweredDirection(True, {ALL_V4: 1}, {(TCP, 8080, 16): 1}))
-        datapath.apply(kb, ING, LoweredDirection(True, {ALL_V4: 1}, {(TCP, 9090, 16): 1}))
-        # Both filters run trampolines that use the one nw_progs array, whose
-        # slot 0 is the one policy program.
+        dp.apply(ka, ING, LoweredDirection(True, {ALL_V4: 1}, {(TCP, 8080, 16): 1}))
+        dp.apply(kb, ING, LoweredDirection(True, {ALL_V4: 1}, {(TCP, 9090, 16): 1}))
+        # Every filter's program tail-calls through the one nw_progs array,
+        # whose slot 0 is the one policy program.
         progs_map = json.loads(
-            run("bpftool", "-j", "map", "show", "pinned", str(datapath.pin_dir / "nw_progs")).stdout
+            run("bpftool", "-j", "map", "show", "pinned", str(dp.pin_dir / "nw_progs")).stdout
         )["id"]
+        ingress_progs = set()
         for p in (a, b):
             for line in our_filters(p.server, p.srv_if):
-                tramp_id = line.split(" id ")[1].split()[0]
-                info = json.loads(run("bpftool", "-j", "prog", "show", "id", tramp_id).stdout)
+                prog_id = line.split(" id ")[1].split()[0]
+                info = json.loads(run("bpftool", "-j", "prog", "show", "id", prog_id).stdout)
                 assert info["map_ids"] == [progs_map]
+            r = run(
+                "ip", "netns", "exec", p.server, "tc", "filter", "show", "dev", p.srv_if, "ingress"
+            )
+            ingress_progs |= {
+                ln.split(" id ")[1].split()[0] for ln in r.stdout.splitlines() if " id " in ln
+            }
+        # One shared entry program, or one trampoline each.
+        assert len(ingress_progs) == (1 if keys == "classid" else 2)
         assert tcp_ok(a.client, "10.77.0.1", 8080)
         assert not tcp_ok(a.client, "10.77.0.1", 9090)
         assert tcp_ok(b.client, "10.78.0.1", 9090)
         assert not tcp_ok(b.client, "10.78.0.1", 8080)
-    finally:
-        sa.close()
-        sb.close()
-        datapath.detach(ka)
-        datapath.detach(kb)
+
+
+def test_entry_filter_without_classid_fails_closed(datapath: PolicyDatapath, pair: Pair) -> None:
+    from nicwarden.agent.host.tc import TC_H_INGRESS, Tc
+
+    assert datapath._open is not None
+    entry = datapath._open.ifaces._entry(ING)
+    with Tc(f"/run/netns/{pair.server}") as tc:
+        idx = tc.ifindex(pair.srv_if)
+        assert idx is not None
+        tc.add_clsact(idx)
+        assert ping_ok(pair.client, SRV4)
+        tc.add_bpf_filter(idx, TC_H_INGRESS, prio=1, handle=1, prog_fd=entry, name="nokey")
+        assert not ping_ok(pair.client, SRV4)  # no key: no interface, nothing passes
+        tc.del_clsact(idx)
 
 
 _AGENT_SCRIPT = """

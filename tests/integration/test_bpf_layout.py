@@ -116,3 +116,16 @@ def test_trampoline_encoding() -> None:
     assert code[4:8] == (5).to_bytes(4, "little")  # r2 = iface
     assert code[32 + 4 : 32 + 8] == (42).to_bytes(4, "little")  # map fd
     assert code[33] >> 4 == 1  # BPF_PSEUDO_MAP_FD
+
+
+def test_entry_encoding() -> None:
+    from nicwarden.agent.host.bpfsys import entry_insns
+
+    code = entry_insns(Direction.EGRESS, 42)
+    assert len(code) == 11 * 8
+    assert code[0] == 0x61 and code[2:4] == (72).to_bytes(2, "little")  # r2 = skb->tc_classid
+    # A classid of 0 jumps to the drop: seven instructions on, to "r0 = SHOT".
+    assert code[8] == 0x15 and int.from_bytes(code[10:12], "little") == 7
+    assert code[9 * 8] == 0xB7 and code[9 * 8 + 4 : 9 * 8 + 8] == (2).to_bytes(4, "little")
+    assert code[3 * 8 + 4 : 3 * 8 + 8] == (1).to_bytes(4, "little")  # r2 = EGRESS
+    assert code[5 * 8 + 4 : 5 * 8 + 8] == (42).to_bytes(4, "little")  # map fd
