@@ -13,6 +13,7 @@ import http.server
 import json
 import logging
 import os
+import selectors
 import socketserver
 import sys
 import tempfile
@@ -39,20 +40,48 @@ EXIT_CODE_HEADER = "X-CNI-Exit-Code"
 VERSION_HEADER = "X-CNI-Version"
 MAX_REQUEST_BYTES = 1 << 20  # a CNI config is a few KiB; a prevResult adds little
 _REQUEST_READ_TIMEOUT = 30.0  # a client that stalls mid-request must not pin a thread
-_SHUTDOWN_POLL = 0.1  # how long stop() may wait for the accept loop to notice
 
 
 class _Server(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
     # stop() must not wait for a handler stuck in the backend (a slow kernel write).
     block_on_close = False
+    # handle_request() is called only once the socket polled readable; 0
+    # keeps it from blocking should the client be gone by then.
+    timeout = 0.0
 
     def __init__(self, path: Path, handler: CniHandler, ready: ReadyCheck, max_bytes: int) -> None:
         self.cni_handler = handler
         self.ready = ready
         self.max_bytes = max_bytes
         self.bound_inode: tuple[int, int] | None = None
+        # The accept loop sleeps until a client connects or stop() writes
+        # here; socketserver's own loop polls (ten wakeups a second, idle).
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._stopping = False
         super().__init__(str(path), _RequestHandler)
+
+    def serve_until_stopped(self) -> None:
+        with selectors.PollSelector() as sel:
+            sel.register(self, selectors.EVENT_READ)
+            sel.register(self._wake_r, selectors.EVENT_READ)
+            while not self._stopping:
+                for key, _ in sel.select():
+                    if key.fileobj is self and not self._stopping:
+                        self.handle_request()  # readable: accepts at once
+
+    def stop_serving(self) -> None:
+        self._stopping = True
+        if self._wake_w >= 0:
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._wake_w, b"x")
+
+    def server_close(self) -> None:
+        super().server_close()
+        if self._wake_r >= 0:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # socketserver's default prints a traceback to stderr. A client that
@@ -240,8 +269,7 @@ class CniHttpServer:
         claim(self.socket_path, "nicwarden agent (its CNI endpoint)")
         self._server = _Server(self.socket_path, self._handler, self._ready, self._max_bytes)
         self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            args=(_SHUTDOWN_POLL,),
+            target=self._server.serve_until_stopped,
             name=f"cni-http {self.socket_path}",
             daemon=True,
         )
@@ -253,10 +281,10 @@ class CniHttpServer:
         if server is None:
             return
         self._server = self._thread = None
-        server.shutdown()
-        server.server_close()
+        server.stop_serving()
         if thread is not None:
             thread.join()
+        server.server_close()
         _remove_if_ours(self.socket_path, server.bound_inode)
 
     def __enter__(self) -> CniHttpServer:

@@ -12,9 +12,11 @@ record as lost (``EventStat.RING_FULL``) and the packet's verdict stands.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes as ct
 import ipaddress
 import mmap
+import os
 import select
 import struct
 import threading
@@ -86,6 +88,7 @@ class RingReader:
         self._data_off = page
         self._ep = select.epoll()
         self._ep.register(fd, select.EPOLLIN)
+        self._extra: set[int] = set()
 
     def drain(self, handle: Callable[[bytes], None]) -> int:
         """Hand every submitted record to ``handle``; returns how many."""
@@ -107,8 +110,13 @@ class RingReader:
             struct.pack_into("<Q", self._cons, 0, cons)
         return n
 
-    def wait(self, timeout_s: float) -> None:
-        self._ep.poll(timeout_s)
+    def wait(self, timeout_s: float | None = None, wake_fd: int | None = None) -> None:
+        """Until records are submitted, ``timeout_s`` passes, or ``wake_fd``
+        turns readable."""
+        if wake_fd is not None and wake_fd not in self._extra:
+            self._ep.register(wake_fd, select.EPOLLIN)
+            self._extra.add(wake_fd)
+        self._ep.poll(-1 if timeout_s is None else timeout_s)
 
     def close(self) -> None:
         self._ep.close()
@@ -123,6 +131,9 @@ class RingThread:
         self._reader = RingReader(fd)
         self._sink = sink
         self._stop = threading.Event()
+        # The ring's epoll also watches this pipe: stop() wakes the thread,
+        # which otherwise sleeps until the kernel submits a record.
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self.decode_errors = 0
         self._thread = threading.Thread(target=self._run, name="nw-drop-events", daemon=True)
 
@@ -140,9 +151,19 @@ class RingThread:
     def _run(self) -> None:
         while not self._stop.is_set():
             self._reader.drain(self._handle)
-            self._reader.wait(0.2)
+            self._reader.wait(None, self._wake_r)
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._wake_w < 0:
+            return  # stopped already
+        with contextlib.suppress(BlockingIOError):  # full: a wakeup is pending anyway
+            os.write(self._wake_w, b"x")
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        if self._thread.is_alive() or self._wake_r < 0:
+            return  # still inside epoll (its fds stay open), or closed already
         self._reader.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self._wake_r = self._wake_w = -1

@@ -5,6 +5,7 @@ the records are read back through the agent's ring reader."""
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -142,3 +143,50 @@ def test_global_cap_and_disable(
     datapath.set_drop_events(False, 60_000, cap)
     send_udp(pair.client, 10, 5354, sport=None)
     assert [r for r in records(reader) if r.iface == key.id] == []
+
+
+def test_ring_thread_sleeps_until_a_record_or_stop(
+    datapath: PolicyDatapath, attached: tuple[Pair, IfaceKey]
+) -> None:
+    from pathlib import Path
+
+    from nicwarden.agent.host.bpf_events import RingThread
+
+    pair, key = attached
+    earlier = RingReader(datapath.events_fd())
+    earlier.drain(lambda raw: None)  # records of earlier tests
+    earlier.close()
+    got: list[DropRecord] = []
+    arrived = threading.Event()
+
+    def sink(rec: DropRecord) -> None:
+        got.append(rec)
+        arrived.set()
+
+    ring = RingThread(datapath.events_fd(), sink)
+    ring.start()
+    try:
+        tid = ring._thread.native_id
+        assert tid is not None
+        wchan = Path(f"/proc/self/task/{tid}/wchan")
+        deadline = time.monotonic() + 5
+        while "poll" not in wchan.read_text():
+            assert time.monotonic() < deadline, "the ring thread never went to sleep"
+            time.sleep(0.01)
+        status = Path(f"/proc/self/task/{tid}/status")
+
+        def wakeups() -> int:
+            return int(status.read_text().split("voluntary_ctxt_switches:")[1].split()[0])
+
+        before = wakeups()
+        time.sleep(1.0)  # five polls' worth, had it kept polling
+        assert wakeups() == before
+        datapath.set_drop_events(True, 60_000, 1000)
+        datapath.apply(key, ING, DENY_ALL)
+        send_udp(pair.client, 1, 5353, sport=40002)
+        assert arrived.wait(5)
+        assert got[0].iface == key.id
+    finally:
+        ring.stop()
+    assert not ring._thread.is_alive()
+    ring.stop()  # a second stop is harmless
