@@ -126,6 +126,12 @@ POLICY_APPLIED = MetricSpec(
     "Unix time of the last successful apply of a pod interface's policy tables.",
     ("namespace", "pod", "network"),
 )
+POLICY_LINGERING = MetricSpec(
+    "nicwarden_policy_filters_lingering",
+    "gauge",
+    "Pod interfaces no policy isolates any more whose tc filters are kept for"
+    " policy.filterLingerSeconds (they pass every packet unparsed).",
+)
 DROP_EVENTS = MetricSpec(
     "nicwarden_policy_drop_events_total",
     "counter",
@@ -232,6 +238,7 @@ ALL: tuple[MetricSpec, ...] = (
     POLICY_BYTES,
     POLICY_GENERATION,
     POLICY_APPLIED,
+    POLICY_LINGERING,
     DROP_EVENTS,
     DROP_EVENTS_LOST,
     SOURCE_LAG,

@@ -234,6 +234,16 @@ class PolicyCollector:
                 raw_bytes[(labels, source)] = int(c.bytes)
         yield gen
         yield applied
+        if datapath is not None and ok:
+            try:
+                lingering = datapath.lingering()
+            except Exception as e:
+                ok = False
+                log.warning("lingering filters unreadable", extra={"error": str(e)})
+            else:
+                gauge = GaugeMetricFamily(C.POLICY_LINGERING.name, C.POLICY_LINGERING.help)
+                gauge.add_metric([], float(lingering))
+                yield gauge
         yield from _malformed(enforcer)
         if ok:
             for spec, tracker, raw in (

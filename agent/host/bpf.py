@@ -81,6 +81,8 @@ class Datapath(Protocol):
 
     def counters(self, iface: IfaceKey) -> Mapping[tuple[Direction, Verdict], Count]: ...
 
+    def lingering(self) -> int: ...
+
 
 class _Open:
     """An opened instance: its maps and what is learnt from them."""

@@ -113,11 +113,17 @@ def test_monotonic_carries_offsets() -> None:
 class FakeDatapath:
     counts: dict[int, dict[tuple[Direction, Verdict], Count]] = field(default_factory=dict)
     broken: bool = False
+    lingered: int = 0
 
     def counters(self, iface: IfaceKey) -> dict[tuple[Direction, Verdict], Count]:
         if self.broken:
             raise Unavailable("policy datapath is not loaded")
         return self.counts[iface.id]
+
+    def lingering(self) -> int:
+        if self.broken:
+            raise Unavailable("policy datapath is not loaded")
+        return self.lingered
 
 
 def test_policy_counters_whole_or_nothing_and_never_backwards() -> None:
@@ -125,6 +131,7 @@ def test_policy_counters_whole_or_nothing_and_never_backwards() -> None:
     key1, key2 = IfaceKey(1, "/n/a", "net1", 2, 11), IfaceKey(2, "/n/b", "net1", 2, 12)
     drop = (Direction.INGRESS, Verdict.DROP_POLICY)
     dp.counts = {1: {drop: Count(5, 300)}, 2: {drop: Count(1, 60)}}
+    dp.lingered = 2
     rows = [
         ("prod", "a", "prod/net", "net1", key1, {"ingress": 3, "egress": 3}, 1000.0),
         ("prod", "b", "prod/net", "net1", key2, {"ingress": 1}, 1001.0),
@@ -146,6 +153,7 @@ def test_policy_counters_whole_or_nothing_and_never_backwards() -> None:
 
     first = parse(metrics)
     assert drops(first, "a") == 5 and drops(first, "b") == 1
+    assert ("nicwarden_policy_filters_lingering", {}, 2.0) in first
     assert (
         "nicwarden_policy_generation",
         {"namespace": "prod", "pod": "a", "network": "prod/net", "direction": "egress"},
@@ -155,6 +163,7 @@ def test_policy_counters_whole_or_nothing_and_never_backwards() -> None:
     dp.broken = True  # the datapath is being replaced: no partial answer
     during = parse(metrics)
     assert not [n for n, _l, _v in during if n.startswith("nicwarden_policy_packets")]
+    assert not [n for n, _l, _v in during if n == "nicwarden_policy_filters_lingering"]
     assert ("nicwarden_scrape_collector_success", {"collector": "policy_verdicts"}, 0.0) in during
 
     dp.broken = False  # re-created maps start from zero

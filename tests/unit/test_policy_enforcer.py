@@ -76,6 +76,9 @@ class FakeDatapath:
     def counters(self, iface: IfaceKey) -> Mapping[tuple[Direction, Verdict], Any]:
         return {}
 
+    def lingering(self) -> int:
+        return 0
+
     # -- what the tests ask ----------------------------------------------------
 
     def table(self, netns: str, ifname: str, direction: Direction) -> LoweredTable | None:
