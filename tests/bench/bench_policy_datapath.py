@@ -394,9 +394,9 @@ def main() -> None:
     print(
         f"{N_CIDRS} source CIDRs, {args.seconds} s per measurement, total {time.monotonic() - started:.0f} s"
     )
-    print(f"{'datapath':36} {'conn/s':>9} {'ratio':>6} {'Gb/s':>7} {'ratio':>6}")
+    print(f"{'datapath':40} {'conn/s':>9} {'ratio':>6} {'Gb/s':>7} {'ratio':>6}")
     for name, c, b in results:
-        print(f"{name:36} {c:9.0f} {c / base_c:6.2f} {b:7.2f} {b / base_b:6.2f}")
+        print(f"{name:40} {c:9.0f} {c / base_c:6.2f} {b:7.2f} {b / base_b:6.2f}")
 
 
 if __name__ == "__main__":
