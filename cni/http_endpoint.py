@@ -24,6 +24,7 @@ from typing import Any
 
 from nicwarden.agent.errors import InvalidArgument
 from nicwarden.agent.sockets import claim
+from nicwarden.agent.wake import WakePipe
 from nicwarden.cni.errors import INVALID_CONFIG
 from nicwarden.cni.version import CURRENT_VERSION, is_supported
 
@@ -57,14 +58,14 @@ class _Server(socketserver.ThreadingUnixStreamServer):
         self.bound_inode: tuple[int, int] | None = None
         # The accept loop sleeps until a client connects or stop() writes
         # here; socketserver's own loop polls (ten wakeups a second, idle).
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._wake = WakePipe()
         self._stopping = False
         super().__init__(str(path), _RequestHandler)
 
     def serve_until_stopped(self) -> None:
         with selectors.PollSelector() as sel:
             sel.register(self, selectors.EVENT_READ)
-            sel.register(self._wake_r, selectors.EVENT_READ)
+            sel.register(self._wake.fd, selectors.EVENT_READ)
             while not self._stopping:
                 for key, _ in sel.select():
                     if key.fileobj is self and not self._stopping:
@@ -72,16 +73,11 @@ class _Server(socketserver.ThreadingUnixStreamServer):
 
     def stop_serving(self) -> None:
         self._stopping = True
-        if self._wake_w >= 0:
-            with contextlib.suppress(BlockingIOError):
-                os.write(self._wake_w, b"x")
+        self._wake.wake()
 
     def server_close(self) -> None:
         super().server_close()
-        if self._wake_r >= 0:
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            self._wake_r = self._wake_w = -1
+        self._wake.close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # socketserver's default prints a traceback to stderr. A client that

@@ -12,11 +12,9 @@ record as lost (``EventStat.RING_FULL``) and the packet's verdict stands.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes as ct
 import ipaddress
 import mmap
-import os
 import select
 import struct
 import threading
@@ -24,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nicwarden.agent.host.bpfsys import map_info
+from nicwarden.agent.wake import WakePipe
 from nicwarden.bpf import layout as L
 from nicwarden.bpf.layout import Direction, DropReason, Verdict
 
@@ -88,7 +87,6 @@ class RingReader:
         self._data_off = page
         self._ep = select.epoll()
         self._ep.register(fd, select.EPOLLIN)
-        self._extra: set[int] = set()
 
     def drain(self, handle: Callable[[bytes], None]) -> int:
         """Hand every submitted record to ``handle``; returns how many."""
@@ -110,12 +108,12 @@ class RingReader:
             struct.pack_into("<Q", self._cons, 0, cons)
         return n
 
-    def wait(self, timeout_s: float | None = None, wake_fd: int | None = None) -> None:
-        """Until records are submitted, ``timeout_s`` passes, or ``wake_fd``
-        turns readable."""
-        if wake_fd is not None and wake_fd not in self._extra:
-            self._ep.register(wake_fd, select.EPOLLIN)
-            self._extra.add(wake_fd)
+    def also_wake_on(self, fd: int) -> None:
+        """``wait`` returns too when ``fd`` turns readable (a wake pipe)."""
+        self._ep.register(fd, select.EPOLLIN)
+
+    def wait(self, timeout_s: float | None = None) -> None:
+        """Until records are submitted or ``timeout_s`` passes (None: no limit)."""
         self._ep.poll(-1 if timeout_s is None else timeout_s)
 
     def close(self) -> None:
@@ -133,7 +131,8 @@ class RingThread:
         self._stop = threading.Event()
         # The ring's epoll also watches this pipe: stop() wakes the thread,
         # which otherwise sleeps until the kernel submits a record.
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._wake = WakePipe()
+        self._reader.also_wake_on(self._wake.fd)
         self.decode_errors = 0
         self._thread = threading.Thread(target=self._run, name="nw-drop-events", daemon=True)
 
@@ -151,19 +150,16 @@ class RingThread:
     def _run(self) -> None:
         while not self._stop.is_set():
             self._reader.drain(self._handle)
-            self._reader.wait(None, self._wake_r)
+            self._reader.wait()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._wake_w < 0:
+        if self._wake.closed:
             return  # stopped already
-        with contextlib.suppress(BlockingIOError):  # full: a wakeup is pending anyway
-            os.write(self._wake_w, b"x")
+        self._wake.wake()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
-        if self._thread.is_alive() or self._wake_r < 0:
-            return  # still inside epoll (its fds stay open), or closed already
+        if self._thread.is_alive():
+            return  # still inside epoll: its fds stay open
         self._reader.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
-        self._wake_r = self._wake_w = -1
+        self._wake.close()

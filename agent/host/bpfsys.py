@@ -263,29 +263,34 @@ def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> 
     return struct.pack("<BBhi", code, (src << 4) | dst, off, imm)
 
 
+def _to_policy(direction: Direction, progs_fd: int) -> list[bytes]:
+    """r2 (the interface key) to cb[0], the direction to cb[1], tail-call
+    nw_progs[0]. Stores go through a register: the verifier rejects
+    immediate stores (BPF_ST) into the context."""
+    return [
+        _insn(0x63, dst=1, src=2, off=_SKB_CB_OFFSET),  # skb->cb[0] = r2     (stx w)
+        _insn(0xB7, dst=2, imm=int(direction)),  # r2 = dir              (mov64 imm)
+        _insn(0x63, dst=1, src=2, off=_SKB_CB_OFFSET + 4),  # skb->cb[1] = r2
+        _insn(0x18, dst=2, src=_BPF_PSEUDO_MAP_FD, imm=progs_fd),  # r2 = &nw_progs (ld_imm64)
+        _insn(0x00),
+        _insn(0xB7, dst=3, imm=0),  # r3 = 0 (slot)
+        _insn(0x85, imm=_BPF_FUNC_TAIL_CALL),  # tail call; returns only on failure
+    ]
+
+
+# Where a failed tail call (an empty slot) or a missing key ends: fail closed.
+_DROP = [_insn(0xB7, dst=0, imm=_TC_ACT_SHOT), _insn(0x95)]  # r0 = TC_ACT_SHOT; exit
+
+
 def trampoline_insns(iface_id: int, direction: Direction, progs_fd: int) -> bytes:
     """The per-interface entry: cb[0] = iface, cb[1] = dir, tail-call nw_progs[0].
 
     Hand-assembled because it is nine instructions and must be loaded per
-    interface without a compiler. Stores go through a register: the
-    verifier rejects immediate stores (BPF_ST) into the context.
-    """
+    interface without a compiler."""
     if not 0 < iface_id <= 0x7FFFFFFF:
         raise InvalidArgument(f"interface key {iface_id} out of range")
-    return b"".join(
-        [
-            _insn(0xB7, dst=2, imm=iface_id),  # r2 = iface            (mov64 imm)
-            _insn(0x63, dst=1, src=2, off=_SKB_CB_OFFSET),  # skb->cb[0] = r2   (stx w)
-            _insn(0xB7, dst=2, imm=int(direction)),  # r2 = dir
-            _insn(0x63, dst=1, src=2, off=_SKB_CB_OFFSET + 4),  # skb->cb[1] = r2
-            _insn(0x18, dst=2, src=_BPF_PSEUDO_MAP_FD, imm=progs_fd),  # r2 = &nw_progs (ld_imm64)
-            _insn(0x00),
-            _insn(0xB7, dst=3, imm=0),  # r3 = 0 (slot)
-            _insn(0x85, imm=_BPF_FUNC_TAIL_CALL),  # tail call; returns only on failure
-            _insn(0xB7, dst=0, imm=_TC_ACT_SHOT),  # r0 = TC_ACT_SHOT: fail closed
-            _insn(0x95),  # exit
-        ]
-    )
+    key = _insn(0xB7, dst=2, imm=iface_id)  # r2 = iface
+    return b"".join([key, *_to_policy(direction, progs_fd), *_DROP])
 
 
 def entry_insns(direction: Direction, progs_fd: int) -> bytes:
@@ -293,19 +298,13 @@ def entry_insns(direction: Direction, progs_fd: int) -> bytes:
     filter's classid (cls_bpf stores its low 16 bits in the skb before it
     runs the program), cb[1] = dir, tail-call nw_progs[0]. A classid of 0
     (a filter without one) names no interface: fail closed."""
+    body = _to_policy(direction, progs_fd)
     return b"".join(
         [
             _insn(0x61, dst=2, src=1, off=_SKB_TC_CLASSID_OFFSET),  # r2 = skb->tc_classid
-            _insn(0x15, dst=2, off=7, imm=0),  # if r2 == 0 goto drop  (jeq imm)
-            _insn(0x63, dst=1, src=2, off=_SKB_CB_OFFSET),  # skb->cb[0] = r2
-            _insn(0xB7, dst=2, imm=int(direction)),  # r2 = dir
-            _insn(0x63, dst=1, src=2, off=_SKB_CB_OFFSET + 4),  # skb->cb[1] = r2
-            _insn(0x18, dst=2, src=_BPF_PSEUDO_MAP_FD, imm=progs_fd),  # r2 = &nw_progs
-            _insn(0x00),
-            _insn(0xB7, dst=3, imm=0),  # r3 = 0 (slot)
-            _insn(0x85, imm=_BPF_FUNC_TAIL_CALL),  # tail call; returns only on failure
-            _insn(0xB7, dst=0, imm=_TC_ACT_SHOT),  # drop: r0 = TC_ACT_SHOT
-            _insn(0x95),  # exit
+            _insn(0x15, dst=2, off=len(body), imm=0),  # if r2 == 0 goto drop  (jeq imm)
+            *body,
+            *_DROP,
         ]
     )
 

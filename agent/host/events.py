@@ -4,12 +4,9 @@ uevent, yet health depends on it)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import select
 import socket
-import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +14,7 @@ from dataclasses import dataclass
 import pyudev
 
 from nicwarden.agent.host import rtnl
+from nicwarden.agent.wake import WakePipe
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +35,7 @@ EventCallback = Callable[[HostEvent], None]
 class _Loop:
     """A daemon thread reading one fd until stopped, woken by a pipe.
 
-    It sleeps in select() with no timeout: an idle agent's threads used to
+    It sleeps in poll() with no timeout: an idle agent's threads used to
     wake five times a second each to look at a stop flag, and on a VM each
     of those wakeups costs about a millisecond of CPU."""
 
@@ -45,7 +43,8 @@ class _Loop:
         self._name = name
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._wake = WakePipe()
+        self._poller: select.poll | None = None  # the loop's fd and the wake pipe
 
     def _start(self, target: Callable[[], None]) -> None:
         self._thread = threading.Thread(target=target, name=self._name, daemon=True)
@@ -54,26 +53,23 @@ class _Loop:
     def _wait(self, fd: int) -> bool:
         """Block until ``fd`` is readable (True) or stop() is called (False).
         poll(), not select(): an agent holding many fds may pass 1024."""
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
-        ready = {f for f, _ in poller.poll()}
+        if self._poller is None:
+            self._poller = select.poll()
+            self._poller.register(fd, select.POLLIN)
+            self._poller.register(self._wake.fd, select.POLLIN)
+        ready = {f for f, _ in self._poller.poll()}
         return fd in ready and not self._stop.is_set()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._wake_w < 0:
+        if self._wake.closed:
             return  # stopped already
-        with contextlib.suppress(BlockingIOError):  # full: a wakeup is pending anyway
-            os.write(self._wake_w, b"x")
+        self._wake.wake()
         if self._thread is not None:
             self._thread.join(timeout=2)
             if self._thread.is_alive():
-                return  # its select() still holds the pipe; leave it be
-        if self._wake_r >= 0:
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            self._wake_r = self._wake_w = -1
+                return  # its poll() still holds the pipe; leave it be
+        self._wake.close()
 
 
 class UdevMonitor(_Loop):
@@ -146,25 +142,23 @@ class LinkMonitor(_Loop):
     @classmethod
     def parse(cls, data: bytes) -> list[HostEvent]:
         out = []
-        off = 0
-        while off + 16 <= len(data):
-            length, mtype = struct.unpack_from("=IH", data, off)
-            if length < 16 or off + length > len(data):
-                break
-            if mtype in (rtnl.RTM_NEWLINK, rtnl.RTM_DELLINK) and length >= 32:
-                (index,) = struct.unpack_from("=i", data, off + 20)
-                attrs = dict(rtnl.attrs(data[off + 32 : off + length]))
-                out.append(
-                    HostEvent(
-                        "rtnl",
-                        "newlink" if mtype == rtnl.RTM_NEWLINK else "dellink",
-                        "net",
-                        rtnl.cstr(attrs.get(rtnl.IFLA_IFNAME, b"")),
-                        index,
-                        rtnl.cstr(attrs.get(rtnl.IFLA_IFALIAS, b"")),
-                    )
+        for msg in rtnl.messages(data):
+            if msg.type not in (rtnl.RTM_NEWLINK, rtnl.RTM_DELLINK):
+                continue
+            if len(msg.payload) < rtnl.IFINFOMSG.size:
+                continue
+            index = rtnl.IFINFOMSG.unpack_from(msg.payload)[2]
+            attrs = dict(rtnl.attrs(msg.payload[rtnl.IFINFOMSG.size :]))
+            out.append(
+                HostEvent(
+                    "rtnl",
+                    "newlink" if msg.type == rtnl.RTM_NEWLINK else "dellink",
+                    "net",
+                    rtnl.cstr(attrs.get(rtnl.IFLA_IFNAME, b"")),
+                    index,
+                    rtnl.cstr(attrs.get(rtnl.IFLA_IFALIAS, b"")),
                 )
-            off += (length + 3) & ~3
+            )
         return out
 
 

@@ -54,6 +54,16 @@ def _tcmsg(ifindex: int, handle: int, parent: int, info: int = 0) -> bytes:
     return _TCMSG.pack(0, ifindex, handle, parent, info)
 
 
+def _clsact(ifindex: int) -> bytes:
+    """The clsact qdisc of a link, as adding and deleting both name it."""
+    return _tcmsg(ifindex, _CLSACT_HANDLE, TC_H_CLSACT) + nla_str(_TCA_KIND, "clsact")
+
+
+def _bpf_filter(ifindex: int, parent: int, prio: int, handle: int) -> bytes:
+    """A bpf filter of every protocol, as adding and deleting both name it."""
+    return _tcmsg(ifindex, handle, parent, prio << 16 | _ETH_P_ALL_BE) + nla_str(_TCA_KIND, "bpf")
+
+
 class Tc:
     """tc operations in one netns over one netlink socket."""
 
@@ -88,11 +98,7 @@ class Tc:
     def add_clsact(self, ifindex: int) -> bool:
         """Add the clsact qdisc; False when one was already there (not ours)."""
         try:
-            self._nl.request(
-                _RTM_NEWQDISC,
-                NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-                _tcmsg(ifindex, _CLSACT_HANDLE, TC_H_CLSACT) + nla_str(_TCA_KIND, "clsact"),
-            )
+            self._nl.request(_RTM_NEWQDISC, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, _clsact(ifindex))
         except NetlinkFailure as e:
             if errnos.error_type(e.code) is AlreadyExists:
                 return False
@@ -102,11 +108,7 @@ class Tc:
     def del_clsact(self, ifindex: int) -> bool:
         """Remove the clsact qdisc (and every filter on it); False if absent."""
         try:
-            self._nl.request(
-                _RTM_DELQDISC,
-                NLM_F_ACK,
-                _tcmsg(ifindex, _CLSACT_HANDLE, TC_H_CLSACT) + nla_str(_TCA_KIND, "clsact"),
-            )
+            self._nl.request(_RTM_DELQDISC, NLM_F_ACK, _clsact(ifindex))
         except NetlinkFailure as e:
             if errnos.is_gone(e.code, errnos.TC_DELETE):
                 return False
@@ -163,9 +165,7 @@ class Tc:
             self._nl.request(
                 _RTM_NEWTFILTER,
                 NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-                _tcmsg(ifindex, handle, parent, prio << 16 | _ETH_P_ALL_BE)
-                + nla_str(_TCA_KIND, "bpf")
-                + nla(_TCA_OPTIONS, options),
+                _bpf_filter(ifindex, parent, prio, handle) + nla(_TCA_OPTIONS, options),
             )
         except NetlinkFailure as e:
             raise e.named(f"attach bpf filter {name} to ifindex {ifindex}") from e
@@ -176,8 +176,7 @@ class Tc:
             self._nl.request(
                 _RTM_DELTFILTER,
                 NLM_F_ACK,
-                _tcmsg(ifindex, handle, parent, prio << 16 | _ETH_P_ALL_BE)
-                + nla_str(_TCA_KIND, "bpf"),
+                _bpf_filter(ifindex, parent, prio, handle),
             )
         except NetlinkFailure as e:
             if errnos.is_gone(e.code, errnos.TC_DELETE):

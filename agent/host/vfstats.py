@@ -149,7 +149,7 @@ def parse_link_stats(payload: bytes) -> tuple[str, dict[str, int]] | None:
     alias, stats = "", None
     for attr_type, data in rtnl.attrs(payload[rtnl.IFINFOMSG.size :]):
         if attr_type == rtnl.IFLA_IFALIAS:
-            alias = data.split(b"\0", 1)[0].decode(errors="replace")
+            alias = rtnl.cstr(data)
         elif attr_type == IFLA_STATS64 and len(data) >= _U64.size * len(_STATS64_FIELDS):
             values = struct.unpack_from(f"={len(_STATS64_FIELDS)}Q", data)
             stats = dict(zip(_STATS64_FIELDS, values, strict=True))

@@ -51,5 +51,5 @@ def test_idle_link_monitor_sleeps_and_stop_wakes_it(netns: Callable[[], str]) ->
     finally:
         mon.stop()
     assert not mon._thread.is_alive()
-    assert mon._wake_r == -1 and mon._wake_w == -1
+    assert mon._wake.closed
     mon.stop()  # a second stop is harmless
