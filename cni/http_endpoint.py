@@ -14,10 +14,12 @@ import json
 import logging
 import os
 import selectors
+import socket
 import socketserver
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,12 @@ EXIT_CODE_HEADER = "X-CNI-Exit-Code"
 VERSION_HEADER = "X-CNI-Version"
 MAX_REQUEST_BYTES = 1 << 20  # a CNI config is a few KiB; a prevResult adds little
 _REQUEST_READ_TIMEOUT = 30.0  # a client that stalls mid-request must not pin a thread
+# After refusing an oversized body the server keeps reading (and dropping) it
+# for a while before it closes, so that a client still writing does not meet
+# EPIPE and lose the answer (RFC 9112, 9.6). Both bounds keep a hostile client
+# from holding the thread.
+_LINGER_MAX_BYTES = 16 << 20
+_LINGER_SECONDS = 2.0
 
 
 class _Server(socketserver.ThreadingUnixStreamServer):
@@ -166,7 +174,7 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
             self._reply(400, b"bad Content-Length\n")
             return None
         if length > self.server.max_bytes:
-            # The body is left unread, so the connection cannot be reused. The
+            # The body is not parsed, so the connection cannot be reused. The
             # answer is a CNI error the shim prints as it is: the same config
             # is refused every time, so it must not read as "try again" (11).
             self.close_connection = True
@@ -176,8 +184,29 @@ class _RequestHandler(http.server.BaseHTTPRequestHandler):
                 {EXIT_CODE_HEADER: "1"},
                 "application/json",
             )
+            self._linger(length)
             return None
         return length
+
+    def _linger(self, length: int) -> None:
+        """Half-close, then drop what the client still sends, within bounds."""
+        with contextlib.suppress(OSError):
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+        left = min(length, _LINGER_MAX_BYTES)
+        deadline = time.monotonic() + _LINGER_SECONDS
+        try:
+            while left > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self.connection.settimeout(remaining)
+                chunk = self.rfile.read1(min(left, 1 << 16))
+                if not chunk:
+                    return
+                left -= len(chunk)
+        except OSError:
+            return
 
     def _is_ready(self) -> bool:
         try:

@@ -9,12 +9,14 @@ import os
 import socket
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from nicwarden.agent.errors import AlreadyExists
+from nicwarden.cni import http_endpoint
 from nicwarden.cni.http_endpoint import CniHttpServer
 
 
@@ -135,6 +137,52 @@ def test_oversized_request_is_413_and_not_run(sock: Path) -> None:
         big = cni_body(stdin="x" * 2000)
         assert request(sock, "POST", "/v1/cni", big)[0] == 413
     assert len(recorder.calls) == 1
+
+
+def _send_head(sock_path: Path, length: int) -> socket.socket:
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.settimeout(10)
+    client.connect(str(sock_path))
+    client.sendall(f"POST /v1/cni HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode())
+    return client
+
+
+def _read_to_eof(client: socket.socket) -> bytes:
+    answer = b""
+    while chunk := client.recv(4096):
+        answer += chunk
+    return answer
+
+
+def test_refused_client_may_finish_sending_its_body(sock: Path) -> None:
+    # The answer arrives before the body is sent: the shape of the race in
+    # which a client still writing used to meet EPIPE and lose the 413.
+    recorder = Recorder()
+    with CniHttpServer(sock, recorder, max_request_bytes=1024):
+        client = _send_head(sock, 200_000)
+        try:
+            answer = _read_to_eof(client)  # the server half-closed after answering
+            assert answer.startswith(b"HTTP/1.1 413 ")
+            assert b'"code": 7' in answer
+            client.sendall(b"x" * 200_000)  # still read, so no EPIPE
+        finally:
+            client.close()
+    assert recorder.calls == []
+
+
+def test_lingering_after_a_refusal_is_bounded(sock: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_endpoint, "_LINGER_SECONDS", 0.2)
+    with CniHttpServer(sock, Recorder(), max_request_bytes=1024):
+        client = _send_head(sock, 1 << 30)  # claims a GiB, then sends nothing
+        try:
+            assert _read_to_eof(client).startswith(b"HTTP/1.1 413 ")
+            # Once the linger runs out the server closes: a write then fails.
+            with pytest.raises((BrokenPipeError, ConnectionResetError)):
+                for _ in range(1000):
+                    client.sendall(b"x" * 4096)
+                    time.sleep(0.01)
+        finally:
+            client.close()
 
 
 def test_default_limit_is_one_mib(sock: Path, served: Recorder) -> None:
