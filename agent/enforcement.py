@@ -38,7 +38,7 @@ from nicwarden.agent.policy import (
 )
 from nicwarden.agent.policy.pod_record import pod_object
 from nicwarden.agent.policy_feed import PolicyFeed, Priority
-from nicwarden.agent.store import Attachment, AttachmentKey, PolicyGeneration, Store
+from nicwarden.agent.store import Attachment, AttachmentKey, Store
 from nicwarden.bpf.layout import IfaceKey
 
 if TYPE_CHECKING:
@@ -270,7 +270,6 @@ class PolicyEnforcer:
                     log.warning(
                         "datapath detach failed", extra={"iface": str(key), "error": str(e)}
                     )
-            self.store.delete_policy_generation(str(key))
             ident = (att.pod_namespace, att.pod_name)
             self._attached.get(ident, {}).pop(att.key, None)
             if not self._attached.get(ident):
@@ -464,21 +463,11 @@ class PolicyEnforcer:
             return
         self.syncs += 1
         self.last_sync = time.time()
-        loaded: list[PolicyGeneration] = []
         for key in sorted(changed):
             local = self._locals.get(key)
             lowered = self.engine.lowered(key)
-            if local is None or lowered is None:
-                continue
-            if self._load(key, local, lowered):
-                loaded.append(
-                    PolicyGeneration(
-                        str(key), max(local.generation.values()), local.digest, local.applied_at
-                    )
-                )
-        # One commit for all. The records report what is loaded; a restart
-        # loads every interface from the engine again whatever they say.
-        self.store.set_policy_generations(loaded)
+            if local is not None and lowered is not None:
+                self._load(key, local, lowered)
 
     def _load(self, key: InterfaceKey, local: _Local, lowered: LoweredInterface) -> bool:
         """Whether new tables went into the kernel."""

@@ -136,6 +136,13 @@ MIGRATIONS: tuple[Migration, ...] = (
             prepared REAL NOT NULL,
             updated REAL NOT NULL)""",
     ),
+    _sql(
+        # policy_generations recorded each interface's loaded table
+        # generation after the fact, costing a commit per policy update and
+        # per CNI DEL; nothing read it back, since a restarting agent reloads
+        # every interface from the policy engine and the pinned maps.
+        "DROP TABLE policy_generations",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -219,14 +226,6 @@ class DraClaimRecord:
     state: DraClaimState
     prepared: float
     updated: float
-
-
-@dataclass(frozen=True)
-class PolicyGeneration:
-    iface_key: str
-    generation: int
-    digest: str
-    applied_at: float
 
 
 _ATTACHMENT_COLUMNS = (
@@ -629,46 +628,6 @@ class Store:
             created=row[13],
             updated=row[14],
         )
-
-    # -- policy generations -------------------------------------------------
-
-    def set_policy_generation(
-        self, iface_key: str, generation: int, digest: str, applied_at: float | None = None
-    ) -> None:
-        applied = self._clock() if applied_at is None else applied_at
-        self.set_policy_generations([PolicyGeneration(iface_key, generation, digest, applied)])
-
-    def set_policy_generations(self, rows: Sequence[PolicyGeneration]) -> None:
-        """Several interfaces' records in one commit (a policy event that
-        reaches several interfaces loads them all, then records them)."""
-        if not rows:
-            return
-        with self.transaction():
-            self._run_many(
-                "INSERT OR REPLACE INTO policy_generations (iface_key, generation, digest,"
-                " applied_at) VALUES (?, ?, ?, ?)",
-                [(r.iface_key, r.generation, r.digest, r.applied_at) for r in rows],
-            )
-
-    def policy_generation(self, iface_key: str) -> PolicyGeneration | None:
-        row = self._query_one_or_none(
-            "SELECT iface_key, generation, digest, applied_at FROM policy_generations"
-            " WHERE iface_key = ?",
-            (iface_key,),
-        )
-        return None if row is None else PolicyGeneration(*row)
-
-    def policy_generations(self) -> list[PolicyGeneration]:
-        rows = self._query(
-            "SELECT iface_key, generation, digest, applied_at FROM policy_generations"
-            " ORDER BY iface_key"
-        )
-        return [PolicyGeneration(*row) for row in rows]
-
-    def delete_policy_generation(self, iface_key: str) -> bool:
-        with self.transaction():
-            cur = self._run("DELETE FROM policy_generations WHERE iface_key = ?", (iface_key,))
-        return cur.rowcount > 0
 
     # -- VF homes and holds ---------------------------------------------------
 

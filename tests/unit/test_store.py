@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from nicwarden.agent.errors import AlreadyExists, Busy, InvalidArgument, NotFound, StoreError
-from nicwarden.agent.store import DB_NAME, SCHEMA_VERSION, AttachmentKey, PolicyGeneration, Store
+from nicwarden.agent.store import DB_NAME, SCHEMA_VERSION, AttachmentKey, Store
 
-TABLES = {"meta", "intents", "allocations", "attachments", "policy_generations"}
+TABLES = {"meta", "intents", "allocations", "attachments", "vf_homes", "vf_holds", "dra_claims"}
 
 
 class FakeClock:
@@ -145,8 +145,9 @@ def test_migrates_v1_database_keeping_rows(tmp_path: Path) -> None:
         attach(s, "c1", "0000:18:02.0")
         with pytest.raises(Busy):
             attach(s, "c2", "0000:18:02.0")
-        s.set_policy_generation("c1/net1", 1, "d1")
-    assert tables(tmp_path / "state" / DB_NAME) >= TABLES
+    found = tables(tmp_path / "state" / DB_NAME)
+    assert found >= TABLES
+    assert "policy_generations" not in found  # created by the second, dropped by the fifth
 
 
 def test_failed_migration_is_rolled_back_and_reported(tmp_path: Path) -> None:
@@ -398,39 +399,7 @@ def test_device_is_free_again_after_delete(store: Store) -> None:
     attach(store, "c2", "0000:18:02.0")
 
 
-# -- policy generations and meta ----------------------------------------------
-
-
-def test_policy_generations(store: Store) -> None:
-    assert store.policy_generation("c1/net1") is None
-    store.set_policy_generation("c1/net1", 1, "aaa")
-    store.set_policy_generation("c0/net1", 4, "bbb", applied_at=5.0)
-    store.set_policy_generation("c1/net1", 2, "ccc")
-    gen = store.policy_generation("c1/net1")
-    assert gen is not None and (gen.generation, gen.digest, gen.applied_at) == (2, "ccc", 1000.0)
-    assert [(g.iface_key, g.generation) for g in store.policy_generations()] == [
-        ("c0/net1", 4),
-        ("c1/net1", 2),
-    ]
-    assert store.delete_policy_generation("c0/net1") is True
-    assert store.delete_policy_generation("c0/net1") is False
-
-
-def test_policy_generations_in_one_commit(store: Store) -> None:
-    store.set_policy_generation("c1/net1", 1, "aaa")
-    store.set_policy_generations(
-        [PolicyGeneration("c1/net1", 3, "x", 7.0), PolicyGeneration("c2/net1", 1, "y", 8.0)]
-    )
-    assert store.policy_generations() == [
-        PolicyGeneration("c1/net1", 3, "x", 7.0),
-        PolicyGeneration("c2/net1", 1, "y", 8.0),
-    ]
-    store.set_policy_generations([])  # nothing to record: no transaction either
-    with pytest.raises(StoreError):  # a bad row fails the whole batch
-        store.set_policy_generations(
-            [PolicyGeneration("c3/net1", 1, "z", 9.0), PolicyGeneration("c4/net1", None, "z", 9.0)]  # type: ignore[arg-type]
-        )
-    assert [g.iface_key for g in store.policy_generations()] == ["c1/net1", "c2/net1"]
+# -- meta ----------------------------------------------------------------------
 
 
 def test_meta(store: Store) -> None:
