@@ -23,6 +23,9 @@ DEFAULT_KUBELET_DIR = Path("/var/lib/kubelet/device-plugins")
 KUBELET_SOCKET_NAME = "kubelet.sock"
 # sockaddr_un.sun_path is 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH = 107
+# Channel options for a client that must not inherit another channel's
+# connection state (see register()).
+LOCAL_SUBCHANNELS = (("grpc.use_local_subchannel_pool", 1),)
 
 
 class DevicePluginServicer(Protocol):
@@ -87,7 +90,10 @@ def unix_target(path: Path) -> str:
 
 def register(kubelet_socket: Path, request: api_pb2.RegisterRequest, timeout: float) -> None:
     """One Register call; raises grpc.RpcError when kubelet refuses or is absent."""
-    channel = grpc.insecure_channel(unix_target(kubelet_socket))
+    # Its own subchannel: gRPC Python shares them between channels to one
+    # target, and one left in backoff by an earlier kubelet would fail this
+    # call at once with that kubelet's stale error.
+    channel = grpc.insecure_channel(unix_target(kubelet_socket), options=LOCAL_SUBCHANNELS)
     try:
         call = channel.unary_unary(
             REGISTER_METHOD,

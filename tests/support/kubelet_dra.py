@@ -25,6 +25,7 @@ from pathlib import Path
 
 import grpc
 
+from nicwarden.deviceplugin.rpc import LOCAL_SUBCHANNELS
 from nicwarden.proto.dra.v1 import api_pb2 as v1
 from nicwarden.proto.dra.v1 import api_pb2_grpc as v1_grpc
 from nicwarden.proto.dra.v1beta1 import api_pb2 as v1beta1
@@ -143,7 +144,7 @@ class DraKubelet:
     def _register(self, socket: Path, ident: Identity | None) -> None:
         info: reg.PluginInfo | None = None
         error = ""
-        channel = grpc.insecure_channel(f"unix://{socket}")
+        channel = grpc.insecure_channel(f"unix://{socket}", options=LOCAL_SUBCHANNELS)
         try:
             stub = reg_grpc.RegistrationStub(channel)
             try:
@@ -218,7 +219,7 @@ Claim = tuple[str, str, str]  # namespace, name, uid
 class DraClient:
     def __init__(self, endpoint: Path, service: str) -> None:
         self.service = service
-        self.channel = grpc.insecure_channel(f"unix://{endpoint}")
+        self.channel = grpc.insecure_channel(f"unix://{endpoint}", options=LOCAL_SUBCHANNELS)
         if service == "v1.DRAPlugin":
             self._pb = v1
             self.stub = v1_grpc.DRAPluginStub(self.channel)

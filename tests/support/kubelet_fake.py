@@ -28,6 +28,7 @@ import grpc
 from nicwarden.agent.host.discovery import with_dev_nodes
 from nicwarden.agent.host.paths import HostPaths
 from nicwarden.agent.model import PF, VF, Inventory, NetdevState, PciFunction
+from nicwarden.deviceplugin.rpc import LOCAL_SUBCHANNELS
 from nicwarden.proto.deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
 
 _QUALIFIED = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
@@ -53,7 +54,13 @@ class PluginConnection:
     def __init__(self, plugin_dir: Path, request: api_pb2.RegisterRequest) -> None:
         self.request = request
         self.resource = request.resource_name
-        self.channel = grpc.insecure_channel(f"unix://{plugin_dir / request.endpoint}")
+        # As kubelet's fresh Go ClientConn per dial: gRPC Python would share a
+        # subchannel with the previous connection to this path, still in
+        # backoff after the old plugin went away, and fail at once with its
+        # stale ENOENT.
+        self.channel = grpc.insecure_channel(
+            f"unix://{plugin_dir / request.endpoint}", options=LOCAL_SUBCHANNELS
+        )
         self.stub = api_pb2_grpc.DevicePluginStub(self.channel)
         self.options: api_pb2.DevicePluginOptions | None = None
         self.updates: list[tuple[float, list[api_pb2.Device]]] = []
@@ -96,7 +103,8 @@ class PluginConnection:
             if not ok:
                 last = self.updates[-1][1] if self.updates else None
                 raise AssertionError(
-                    f"{self.resource}: no matching ListAndWatch update; last={last}"
+                    f"{self.resource}: no matching ListAndWatch update; last={last};"
+                    f" stream error {self.stream_error!r}"
                 )
             return self.updates[-1][1]
 
