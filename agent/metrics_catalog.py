@@ -79,6 +79,13 @@ DEVICES = MetricSpec("nicwarden_devices", "gauge", "PCI functions by role (pf, v
 INVENTORY_GENERATION = MetricSpec(
     "nicwarden_inventory_generation", "gauge", "Inventory snapshot generation."
 )
+INVENTORY_READS = MetricSpec(
+    "nicwarden_inventory_reads_total",
+    "counter",
+    "Times the inventory read sysfs after an event or on its periodic resync, by scope: full"
+    " (every PF and VF) or vf (only the VFs whose netdevs the events named).",
+    ("scope",),
+)
 VF_UNEXPLAINED = MetricSpec(
     "nicwarden_vf_unexplained",
     "gauge",
@@ -230,6 +237,7 @@ ALL: tuple[MetricSpec, ...] = (
     RPC,
     DEVICES,
     INVENTORY_GENERATION,
+    INVENTORY_READS,
     VF_UNEXPLAINED,
     POOL_DEVICES,
     POOL_HEALTHY,

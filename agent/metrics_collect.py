@@ -342,6 +342,22 @@ class SourceFeedCollector:
             yield counter
 
 
+class InventoryReadsCollector:
+    """How often the inventory read sysfs, whole or VF by VF."""
+
+    def __init__(self, counts: Callable[[], tuple[int, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        full, vf = self._counts()
+        counter = CounterMetricFamily(
+            C.INVENTORY_READS.name, C.INVENTORY_READS.help, labels=C.INVENTORY_READS.labels
+        )
+        counter.add_metric(["full"], float(full))
+        counter.add_metric(["vf"], float(vf))
+        yield counter
+
+
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 

@@ -223,6 +223,7 @@ class AgentRuntime:
         )
         from nicwarden.agent.metrics_collect import (
             DropEventsCollector,
+            InventoryReadsCollector,
             PodDeviceCollector,
             PolicyCollector,
             PoolCollector,
@@ -248,6 +249,7 @@ class AgentRuntime:
                 lambda: self.policy_feed.stats() if self.policy_feed is not None else None
             ),
             ThreadCpuCollector(),
+            InventoryReadsCollector(lambda: (self.inventory.scans, self.inventory.refreshes)),
         ):
             self.metrics.add_collector(collector)
 

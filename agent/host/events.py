@@ -10,6 +10,7 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pyudev
 
@@ -98,7 +99,13 @@ class UdevMonitor(_Loop):
                 dev = self._monitor.poll(timeout=0)
                 if dev is None:
                     break
-                ev = HostEvent("udev", dev.action or "", dev.subsystem or "", dev.sys_name or "")
+                ev = HostEvent(
+                    "udev",
+                    dev.action or "",
+                    dev.subsystem or "",
+                    dev.sys_name or "",
+                    _ifindex(dev) if dev.subsystem == "net" else 0,
+                )
                 _safe(self._callback, ev)
 
 
@@ -160,6 +167,11 @@ class LinkMonitor(_Loop):
                 )
             )
         return out
+
+
+def _ifindex(dev: Any) -> int:
+    raw = dev.properties.get("IFINDEX", "")
+    return int(raw) if isinstance(raw, str) and raw.isdigit() and len(raw) < 11 else 0
 
 
 def _safe(callback: EventCallback, ev: HostEvent) -> None:

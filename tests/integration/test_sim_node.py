@@ -5,6 +5,7 @@ filesystem for sysfs links."""
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 import uuid
@@ -13,10 +14,11 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from nicwarden.agent.errors import Busy, InvalidArgument, NotFound
+from nicwarden.agent.host.discovery import scan
 from nicwarden.agent.inventory import LiveInventory
 from nicwarden.agent.model import Inventory
 from nicwarden.agent.sim import SimulatedNode, parse_spec
-from tests.support.oracle import host_links, run
+from tests.support.oracle import host_links, run, unique
 
 pytestmark = pytest.mark.root
 
@@ -112,6 +114,69 @@ def _other_links_and_ours(sim: SimulatedNode, live: LiveInventory) -> None:
     finally:
         run("ip", "link", "set", renamed, "name", name)
         run("ip", "link", "set", name, "up")
+
+
+def _converged(live: LiveInventory, sim: SimulatedNode, timeout: float = 3.0) -> bool:
+    """Whether the live snapshot comes to equal a fresh full scan."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if live.snapshot().pfs == scan(sim.paths).pfs:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_known_vf_events_reread_only_that_vf_and_match_a_full_scan(sim: SimulatedNode) -> None:
+    """A pod's ADD and DEL move a VF out and back: each event re-reads only
+    the VF it names, and the snapshot stays what a full scan would say."""
+    live = LiveInventory(sim.paths, resync_interval=3600)
+    sim.subscribe(live.notify)
+    live.start()
+    netns = unique("nwinv")
+    run("ip", "netns", "add", netns)
+    rng = random.Random(20261129)
+    names = {(p, v): sim.vf_name(p, v) for p in range(2) for v in range(8)}
+    away: set[tuple[int, int]] = set()
+    try:
+        time.sleep(0.3)  # let the start-up events settle
+        scans, refreshes = live.scans, live.refreshes
+        for step in range(60):
+            vf = rng.choice(sorted(names))
+            name = names[vf]
+            if vf in away:
+                run("ip", "-n", netns, "link", "set", name, "netns", "1")
+                away.discard(vf)
+                continue
+            op = rng.choice(["down", "up", "mtu", "mac", "rename", "away"])
+            if op in ("down", "up"):
+                run("ip", "link", "set", name, op)
+            elif op == "mtu":
+                run("ip", "link", "set", name, "mtu", str(rng.choice([1280, 1500, 9000])))
+            elif op == "mac":
+                mac = f"02:00:00:{vf[0]:02x}:{vf[1]:02x}:{step:02x}"
+                run("ip", "link", "set", name, "address", mac)
+            elif op == "rename":
+                new = f"{sim.prefix}r{vf[0]}{vf[1]}{step}"[:15]
+                run("ip", "link", "set", name, "down")
+                run("ip", "link", "set", name, "name", new)
+                names[vf] = new
+            else:
+                run("ip", "link", "set", name, "netns", netns)
+                away.add(vf)
+            if step % 10 == 9:
+                assert _converged(live, sim), f"snapshot differs from a full scan after step {step}"
+        for vf in sorted(away):
+            run("ip", "-n", netns, "link", "set", names[vf], "netns", "1")
+        assert _converged(live, sim)
+        assert live.refreshes > refreshes
+        assert live.scans == scans  # every VF came back under its own ifindex
+    finally:
+        live.stop()
+        run("ip", "netns", "del", netns, check=False)
+        for (p, v), name in names.items():
+            if name != sim.vf_name(p, v):
+                run("ip", "link", "set", name, "down", check=False)
+                run("ip", "link", "set", name, "name", sim.vf_name(p, v), check=False)
 
 
 def test_link_down_is_seen(sim: SimulatedNode, live: LiveInventory) -> None:

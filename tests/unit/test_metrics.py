@@ -29,7 +29,7 @@ from nicwarden.agent.host.vfstats import (
 )
 from nicwarden.agent.metrics import Metrics
 from nicwarden.agent.metrics_catalog import ALL
-from nicwarden.agent.metrics_collect import Monotonic, PolicyCollector
+from nicwarden.agent.metrics_collect import InventoryReadsCollector, Monotonic, PolicyCollector
 from nicwarden.bpf.layout import Direction, IfaceKey, Verdict
 
 
@@ -208,3 +208,14 @@ def test_every_served_family_is_in_the_catalog() -> None:
 
 def test_metrics_doc_is_fresh() -> None:
     assert gen_metrics_doc.main(["--check"]) == 0, "run deploy/gen_metrics_doc.py"
+
+
+def test_inventory_reads_by_scope() -> None:
+    metrics = Metrics()
+    counts = [3, 7]
+    metrics.add_collector(InventoryReadsCollector(lambda: (counts[0], counts[1])))
+    counts[1] += 1  # read at scrape time, not at registration
+    reads = {
+        s[1]["scope"]: s[2] for s in parse(metrics) if s[0] == "nicwarden_inventory_reads_total"
+    }
+    assert reads == {"full": 3.0, "vf": 8.0}
