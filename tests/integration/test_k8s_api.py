@@ -459,10 +459,19 @@ def test_gone_right_after_a_list_backs_off_instead_of_spinning(
     source.start(EventLog())
     wait_until(lambda: source.problems() != [], what="problem reported")
     time.sleep(0.8)
-    server.on_request = None
     lists = len(server.requests_for("Namespace", watch=False))
     assert 2 <= lists <= 8, lists  # 0.05 + 0.1 + 0.2 + 0.4 s of backoff, not a busy loop
-    (problem,) = [p for p in source.problems() if p.object == "namespaces"]
+    # Read while the watches still fail: each list that succeeds clears the
+    # problem until the watch after it fails again.
+    seen: list[Any] = []
+
+    def namespaces_problem() -> bool:
+        seen[:] = [p for p in source.problems() if p.object == "namespaces"]
+        return bool(seen)
+
+    wait_until(namespaces_problem, what="the namespaces problem")
+    server.on_request = None
+    (problem,) = seen
     assert "HTTP 410" in problem.message and "too old resource version" in problem.message
 
 
