@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 
 
 class WakePipe:
@@ -29,6 +30,20 @@ class WakePipe:
         if self._w >= 0:
             with contextlib.suppress(BlockingIOError):  # full: a wakeup is pending anyway
                 os.write(self._w, b"x")
+
+    def stop_thread(self, thread: threading.Thread | None, timeout: float) -> bool:
+        """Wake ``thread`` (already told to stop), wait for it, then close the
+        pipe. False when it was stopped before, or is still running after
+        ``timeout``: then its poll() still holds its fds, which stay open."""
+        if self.closed:
+            return False
+        self.wake()
+        if thread is not None and thread.is_alive():
+            thread.join(timeout=timeout)
+            if thread.is_alive():
+                return False
+        self.close()
+        return True
 
     def close(self) -> None:
         """Idempotent; only once no thread polls it any more."""

@@ -154,12 +154,7 @@ class RingThread:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._wake.closed:
-            return  # stopped already
-        self._wake.wake()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
-        if self._thread.is_alive():
-            return  # still inside epoll: its fds stay open
-        self._reader.close()
-        self._wake.close()
+        # The reader's epoll watches the pipe: both close only once the
+        # thread has left it.
+        if self._wake.stop_thread(self._thread, timeout=5):
+            self._reader.close()

@@ -63,14 +63,7 @@ class _Loop:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._wake.closed:
-            return  # stopped already
-        self._wake.wake()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
-            if self._thread.is_alive():
-                return  # its poll() still holds the pipe; leave it be
-        self._wake.close()
+        self._wake.stop_thread(self._thread, timeout=2)
 
 
 class UdevMonitor(_Loop):
