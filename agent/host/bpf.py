@@ -95,6 +95,10 @@ class _Open:
         # since when no direction has been isolated (see PolicyDatapath.sweep).
         self.lingering: dict[int, float] = {}
 
+    def close(self) -> None:
+        self.ifaces.close()
+        self.maps.close()
+
     def recover(self, now: float) -> None:
         """Rebuild the registry from the kernel and forget generations that
         are not active (an interrupted apply() leaves some). Filters found on
@@ -199,8 +203,7 @@ class PolicyDatapath:
         """Drop our fds; everything pinned keeps running."""
         with self._lock:
             if self._open is not None:
-                self._open.ifaces.close()
-                self._open.maps.close()
+                self._open.close()
                 self._open = None
             if self._prog_fd is not None:
                 with contextlib.suppress(OSError):
@@ -406,8 +409,7 @@ class PolicyDatapath:
 
     def _open_maps(self) -> _Open:
         if self._open is not None:
-            self._open.ifaces.close()
-            self._open.maps.close()
+            self._open.close()
             self._open = None
         self._open = _Open(bpf_pins.open_maps(self.pin_dir, self._ncpu), self.instance)
         return self._open
