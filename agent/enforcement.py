@@ -469,15 +469,16 @@ class PolicyEnforcer:
             if local is not None and lowered is not None:
                 self._load(key, local, lowered)
 
-    def _load(self, key: InterfaceKey, local: _Local, lowered: LoweredInterface) -> bool:
-        """Whether new tables went into the kernel."""
+    def _load(self, key: InterfaceKey, local: _Local, lowered: LoweredInterface) -> None:
+        """Put the interface's tables in the kernel; a failure is recorded in
+        ``local.error`` (and logged), never raised."""
         local.digest = lowered.digest()
         if self.datapath is None:
             local.error = f"no datapath: {self.datapath_error}"
-            return False
+            return
         isolated = lowered.ingress.isolated or lowered.egress.isolated
         if local.iface is None and not isolated:
-            return False  # nothing attached until a policy first isolates it
+            return  # nothing attached until a policy first isolates it
         from nicwarden.bpf.layout import Direction
 
         try:
@@ -492,11 +493,9 @@ class PolicyEnforcer:
                 local.generation[name] = self.datapath.apply(local.iface, direction, table)
             local.applied_at = time.time()
             local.error = "; ".join(lowered.errors)
-            return True
         except Exception as e:
             local.error = f"datapath: {e}"
             log.error("policy load failed", extra={"iface": str(key), "error": str(e)})
-            return False
 
     # -- reporting -----------------------------------------------------------------
 

@@ -163,7 +163,7 @@ class LiveInventory:
         self.refreshes += 1
         with self._lock:
             old = self._snapshot
-            if not fns.keys() <= {vf.address for vf in old.vfs()}:
+            if not fns.keys() <= self._vf_addresses:  # learnt from this snapshot
                 new = None
             else:
                 fresh = replace(
@@ -191,15 +191,17 @@ class LiveInventory:
         return new
 
     def _learn_netdevs(self, inv: Inventory) -> None:
-        names = set()
+        names: set[str] = set()
+        vfs: set[str] = set()
         for pf in inv.pfs:
+            vfs.update(v.address for v in pf.vfs)
             for fn, vf in [(pf.fn, None), *((v.fn, v.address) for v in pf.vfs)]:
                 if fn.netdev is not None:
                     names.add(fn.netdev.name)
                     if fn.netdev.ifindex:
                         self._indexes[fn.netdev.ifindex] = vf
         self._names = frozenset(names)
-        self._vf_addresses = frozenset(vf.address for vf in inv.vfs())
+        self._vf_addresses = frozenset(vfs)
 
     def _run(self) -> None:
         # Events drive the scans; the periodic one is a safety net for an
