@@ -26,6 +26,7 @@ from tests.integration.test_bpf_datapath import (
     make_pair,
     net,
 )
+from tests.support.threads import assert_sleeps_when_idle
 from tests.support.traffic import in_netns
 
 pytestmark = pytest.mark.root
@@ -148,8 +149,6 @@ def test_global_cap_and_disable(
 def test_ring_thread_sleeps_until_a_record_or_stop(
     datapath: PolicyDatapath, attached: tuple[Pair, IfaceKey]
 ) -> None:
-    from pathlib import Path
-
     from nicwarden.agent.host.bpf_events import RingThread
 
     pair, key = attached
@@ -166,21 +165,7 @@ def test_ring_thread_sleeps_until_a_record_or_stop(
     ring = RingThread(datapath.events_fd(), sink)
     ring.start()
     try:
-        tid = ring._thread.native_id
-        assert tid is not None
-        wchan = Path(f"/proc/self/task/{tid}/wchan")
-        deadline = time.monotonic() + 5
-        while "poll" not in wchan.read_text():
-            assert time.monotonic() < deadline, "the ring thread never went to sleep"
-            time.sleep(0.01)
-        status = Path(f"/proc/self/task/{tid}/status")
-
-        def wakeups() -> int:
-            return int(status.read_text().split("voluntary_ctxt_switches:")[1].split()[0])
-
-        before = wakeups()
-        time.sleep(1.0)  # five polls' worth, had it kept polling
-        assert wakeups() == before
+        assert_sleeps_when_idle(ring._thread, "the ring thread")
         datapath.set_drop_events(True, 60_000, 1000)
         datapath.apply(key, ING, DENY_ALL)
         send_udp(pair.client, 1, 5353, sport=40002)

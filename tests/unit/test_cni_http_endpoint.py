@@ -18,6 +18,7 @@ import pytest
 from nicwarden.agent.errors import AlreadyExists
 from nicwarden.cni import http_endpoint
 from nicwarden.cni.http_endpoint import CniHttpServer
+from tests.support.threads import assert_sleeps_when_idle
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -314,25 +315,11 @@ def test_stop_removes_the_socket_but_not_a_successors(sock: Path) -> None:
 
 
 def test_idle_accept_loop_sleeps_and_stop_wakes_it(sock: Path) -> None:
-    import time
-
     recorder = Recorder()
     server = CniHttpServer(sock, recorder)
     server.start()
     thread = server._thread
-    assert thread is not None and thread.native_id is not None
-    task = Path(f"/proc/self/task/{thread.native_id}")
-    deadline = time.monotonic() + 5
-    while "poll" not in (task / "wchan").read_text():
-        assert time.monotonic() < deadline, "the accept loop never went to sleep"
-        time.sleep(0.01)
-
-    def wakeups() -> int:
-        return int((task / "status").read_text().split("voluntary_ctxt_switches:")[1].split()[0])
-
-    before = wakeups()
-    time.sleep(1.0)  # ten polls' worth, had it kept polling
-    assert wakeups() == before
+    assert_sleeps_when_idle(thread, "the accept loop")
     assert request(sock, "POST", "/v1/cni", cni_body())[0] == 200
     server.stop()
     assert not thread.is_alive()
